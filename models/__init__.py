@@ -1,0 +1,1 @@
+"""Networks, losses, training, export and inference engines."""

@@ -1,0 +1,1 @@
+"""The live pipeline: sources, tracking, engine, compose, sinks, WebRTC, virtual camera, metrics."""

@@ -1,0 +1,38 @@
+"""Real media for tests: the project's shared videos, and a small H.264 writer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from tracking.video import read_frames
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "512"
+
+
+def shared_video(name: str) -> Path:
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip(f"{path} is absent: the project's real videos live in ../shared/data beside the checkout")
+    return path
+
+
+def first_frames(path: Path, count: int) -> list[npt.NDArray[np.uint8]]:
+    return [rgb for _, _, rgb in read_frames(path, count)]
+
+
+def write_video(path: Path, frames: list[npt.NDArray[np.uint8]], fps: int = 25) -> Path:
+    """Encode RGB frames as H.264 with PyAV (the project's own writer)."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode())
+    return path

@@ -1,0 +1,1 @@
+"""Face tracking, expression/pose separation, conditioning renders and dataset preparation."""
