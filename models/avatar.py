@@ -10,7 +10,6 @@ code. `load_avatar` is the one reader and upgrades older format versions as they
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from torch import Tensor
 from models import checkpoint as ckpt
 from models.networks import SelfieAvatarGenerator
 from models.presets import NetworkConfig, Preset
+from tracking.assets import sha256_of
 from tracking.crop import Crop
 from tracking.expression import ExpressionModel
 
@@ -68,14 +68,6 @@ class Avatar:
     identity: Identity
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def export(
     run: Path,
     data: Path,
@@ -111,7 +103,7 @@ def export(
     identity = Identity(
         subject=subject,
         consent=consent,
-        source_sha256=_sha256(Path(source["video"])) if Path(source["video"]).exists() else "unknown",
+        source_sha256=sha256_of(Path(source["video"])) if Path(source["video"]).exists() else "unknown",
         preset=preset.name,
         steps=loaded.step,
         metrics=metrics or {},

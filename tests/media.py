@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -36,3 +37,14 @@ def write_video(path: Path, frames: list[npt.NDArray[np.uint8]], fps: int = 25) 
             container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+def one_torch_thread() -> Iterator[None]:
+    """Small tensors gain nothing from threads, and on a shared machine OpenMP barriers between
+    busy cores cost more than the work: run with one thread, then restore the setting."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -21,16 +21,7 @@ from models.losses import (
     perceptual_loss,
     r1_penalty,
 )
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These tensors are too small to gain from threads, and on a shared machine OpenMP
-    barriers between busy cores cost more than the work; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from tests.media import one_torch_thread
 
 
 class RandomFeatures(nn.Module):
@@ -184,3 +175,8 @@ def test_r1_known_value_and_positive() -> None:
     assert float(weight.grad.abs().sum()) > 0  # the penalty trains D
     with pytest.raises(ValueError, match="require grad"):
         r1_penalty(logits, real.detach(), gamma=10.0)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    yield from one_torch_thread()

@@ -12,17 +12,7 @@ from torch import Tensor
 from models.layers import MinibatchStd, ModulatedConv2d, assert_shape, modulated_conv2d, split_resolution
 from models.networks import Discriminator, SelfieAvatarGenerator, crop_windows, sample_texture
 from models.presets import PRESETS, LossConfig, NetworkConfig, Preset, get_preset
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """These tensors are too small to gain from threads, and on a shared machine OpenMP
-    barriers between busy cores cost more than the work; restore the setting afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+from tests.media import one_torch_thread
 
 TINY = get_preset("tiny")
 NUM_FRAMES = 3
@@ -322,3 +312,8 @@ def test_ema_beta_matches_half_life() -> None:
     train = TINY.train
     steps = train.ema_half_life_images / train.batch_size
     assert train.ema_beta() ** steps == pytest.approx(0.5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread() -> Iterator[None]:
+    yield from one_torch_thread()

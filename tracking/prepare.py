@@ -23,7 +23,6 @@ killed run resumes where it stopped and never leaves a frame half-written.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import threading
 import time
@@ -40,6 +39,7 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
+from tracking.assets import sha256_of
 from tracking.crop import Crop, portrait_crop
 from tracking.expression import ExpressionModel
 from tracking.mesh import CanonicalMesh, load_canonical_mesh
@@ -127,14 +127,6 @@ class TrackedVideo:
 # ---------------------------------------------------------------------------------- pass 1
 
 
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _save_tracks(path: Path, video: TrackedVideo) -> None:
     ok = np.array([t is not None for t in video.tracks])
     good = [t for t in video.tracks if t is not None]
@@ -169,7 +161,7 @@ def _load_tracks(path: Path, info: VideoInfo, mesh: CanonicalMesh) -> TrackedVid
 
 def track_video(info: VideoInfo, config: PrepareConfig, work: Path, watch: Stopwatch) -> TrackedVideo:
     """Pass 1, cached in `work` by the video's digest and the frame limit."""
-    key = f"{_digest(info.path)[:16]}-{config.max_frames or 'all'}"
+    key = f"{sha256_of(info.path)[:16]}-{config.max_frames or 'all'}"
     cache = work / f"{key}.tracks.npz"
     with FaceTracker(config.face_model, mode="video") as tracker:
         if cache.exists():
