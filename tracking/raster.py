@@ -49,10 +49,6 @@ class Fragments:
         return out.view(self.height, self.width, *values.shape[1:])
 
 
-def _edge(ax: Tensor, ay: Tensor, bx: Tensor, by: Tensor, px: Tensor, py: Tensor) -> Tensor:
-    return (bx - ax) * (py - ay) - (by - ay) * (px - ax)
-
-
 def rasterize(vertices: Tensor, triangles: Tensor, height: int, width: int) -> Fragments:
     """Rasterize a mesh with a z-buffer.
 
@@ -80,35 +76,51 @@ def rasterize(vertices: Tensor, triangles: Tensor, height: int, width: int) -> F
     if total == 0:
         return empty
 
+    # Per triangle, barycentric weights and depth are affine in the pixel centre (x, y):
+    # w_k = A_k x + B_k y + C_k and z = Σ w_k z_k. Precomputing the [T, 3, 3] coefficients
+    # makes each candidate pixel one gather and a few multiply-adds.
+    xs, ys, zs = corners[..., 0], corners[..., 1], corners[..., 2]  # [T, 3]
+    nx, ny = xs.roll(-1, dims=1), ys.roll(-1, dims=1)  # corner k+1
+    px_, py_ = xs.roll(-2, dims=1), ys.roll(-2, dims=1)  # corner k+2
+    area = (xs[:, 1] - xs[:, 0]) * (ys[:, 2] - ys[:, 0]) - (ys[:, 1] - ys[:, 0]) * (xs[:, 2] - xs[:, 0])  # [T]
+    ok = area.abs() > 1e-12
+    inv = torch.where(ok, 1.0 / torch.where(ok, area, torch.ones_like(area)), torch.zeros_like(area))
+    # Weight of corner k is the edge function of the opposite edge (k+1 -> k+2), over the area.
+    coef = torch.stack(
+        [-(py_ - ny) * inv[:, None], (px_ - nx) * inv[:, None], (nx * py_ - px_ * ny) * inv[:, None]], dim=2
+    )  # [T, 3 corners, (A, B, C)]
+    coef = torch.cat([coef, (zs.unsqueeze(2) * coef).sum(dim=1, keepdim=True)], dim=1)  # [T, 4, 3]: + depth
+
     # One row per (triangle, pixel-in-its-box) pair.
     tri = torch.repeat_interleave(torch.arange(len(triangles), device=device), counts)
     start = torch.cumsum(counts, 0) - counts
     local = torch.arange(total, device=device) - start[tri]
-    px = x0[tri] + local % box_w[tri]
-    py = y0[tri] + torch.div(local, box_w[tri], rounding_mode="floor")
+    bw = box_w[tri]
+    px = x0[tri] + local % bw
+    py = y0[tri] + torch.div(local, bw, rounding_mode="floor")
     cx, cy = px.to(torch.float32) + 0.5, py.to(torch.float32) + 0.5
 
-    a, b, c = corners[tri, 0], corners[tri, 1], corners[tri, 2]
-    area = _edge(a[:, 0], a[:, 1], b[:, 0], b[:, 1], c[:, 0], c[:, 1])
-    w0 = _edge(b[:, 0], b[:, 1], c[:, 0], c[:, 1], cx, cy) / area
-    w1 = _edge(c[:, 0], c[:, 1], a[:, 0], a[:, 1], cx, cy) / area
-    w2 = 1.0 - w0 - w1
-    inside = (area.abs() > 1e-12) & (w0 >= 0) & (w1 >= 0) & (w2 >= 0)
-    if not bool(inside.any()):
+    k = coef[tri]  # [N, 4, 3]
+    values = k[:, :, 0] * cx[:, None] + k[:, :, 1] * cy[:, None] + k[:, :, 2]  # [N, 4]: w0, w1, w2, z
+    keep = (ok[tri] & (values[:, :3] >= 0).all(dim=1)).nonzero().squeeze(1)
+    if keep.numel() == 0:
         return empty
-    tri, px, py = tri[inside], px[inside], py[inside]
-    bary = torch.stack([w0[inside], w1[inside], w2[inside]], dim=1)
-    depth = (bary * torch.stack([a[inside, 2], b[inside, 2], c[inside, 2]], dim=1)).sum(dim=1)
+    tri, values = tri[keep], values[keep]
+    pixel = (py * width + px)[keep]
+    depth = values[:, 3]
 
     # Nearest fragment per pixel: pack quantized depth above the triangle id, take the min.
     lo, hi = v[:, 2].amin().double(), v[:, 2].amax().double()
     unit = (depth.double() - lo) / (hi - lo).clamp(min=1e-6)
     q = unit.clamp(0, 1).mul((1 << _DEPTH_BITS) - 1).round().to(torch.int64)
     key = (q << _ID_BITS) | tri
-    pixel = py * width + px
     best = torch.full((height * width,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
     best.scatter_reduce_(0, pixel, key, reduce="amin")
-    winner = key == best[pixel]
-
-    order = torch.argsort(pixel[winner])
-    return Fragments(height, width, pixel[winner][order], tri[winner][order], bary[winner][order])
+    # Each covered pixel's winning row, found by writing row numbers where the key won; reading
+    # them back in pixel order gives fragments sorted by pixel without a sort.
+    row = torch.full((height * width,), -1, dtype=torch.int64, device=device)
+    won = (key == best[pixel]).nonzero().squeeze(1)
+    row[pixel[won]] = won
+    covered = (row >= 0).nonzero().squeeze(1)
+    rows = row[covered]
+    return Fragments(height, width, covered, tri[rows], values[rows, :3].contiguous())

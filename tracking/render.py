@@ -103,15 +103,14 @@ class FaceRenderer:
         if points.shape[0] > RIGHT_IRIS[-1]:
             region = self._paint_irises(region, points, frags.pixel)
 
-        uv = frags.interpolate(self.uv, self.triangles)  # [P, 2]
-        code = region.to(torch.float32).unsqueeze(-1) / (N_REGIONS - 1)
-        uv_image = frags.dense(torch.cat([uv, code], dim=-1)).permute(2, 0, 1)
-
         y_up = vertices * torch.tensor([1.0, -1.0, -1.0], device=self.device)
         face_n = self._face_normals(y_up) * self.facing
         vertex_n = torch.zeros_like(vertices).index_add_(0, self.triangles.reshape(-1), face_n.repeat_interleave(3, 0))
-        normal = frags.interpolate(vertex_n, self.triangles)
+        both = frags.interpolate(torch.cat([self.uv, vertex_n], dim=1), self.triangles)  # [P, 2 + 3]
+        uv, normal = both[:, :2], both[:, 2:]
         normal = normal / normal.norm(dim=-1, keepdim=True).clamp(min=1e-8)
+        code = region.to(torch.float32).unsqueeze(-1) / (N_REGIONS - 1)
+        uv_image = frags.dense(torch.cat([uv, code], dim=-1)).permute(2, 0, 1)
         light = _AMBIENT + (1 - _AMBIENT) * (normal @ self.light).clamp(min=0)
         flat = (region == Region.EYE) | (region == Region.IRIS) | (region == Region.MOUTH)
         light = torch.where(flat, torch.ones_like(light), light)
