@@ -33,7 +33,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         config = PrepareConfig(video=args.video, out=Path(tmp) / "data", size=args.size, max_frames=args.frames)
-        manifest = run(config, log=lambda _: None)
+        manifest = run(config)
     timings = manifest["timings"]
     frames = manifest["frames_total"]
     stages = {k: frames / v for k, v in timings["stage_seconds"].items() if v > 0}

@@ -64,7 +64,7 @@ def main() -> None:
             size = TrainOptions(data=Path(tmp), out=Path(tmp), preset=name).resolved_preset().network.image_size
             if size not in datasets:
                 datasets[size] = Path(tmp) / f"d{size}"
-                prepare(PrepareConfig(video=VIDEO, out=datasets[size], size=max(size, 64), max_frames=40), log=print)
+                prepare(PrepareConfig(video=VIDEO, out=datasets[size], size=max(size, 64), max_frames=40))
             # Baseline first: CPU peak memory is the process's high-water mark, so the larger
             # configuration must come second for both figures to be its own.
             base = time_steps(datasets[size], name, args.steps, device, QUICK)

@@ -22,7 +22,7 @@ FRAMES = 40
 @pytest.fixture(scope="module")
 def dataset(cap12: Path, cap13: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "cap12"
-    run(PrepareConfig(video=cap12, out=out, test_video=cap13, max_frames=FRAMES), log=lambda _: None)
+    run(PrepareConfig(video=cap12, out=out, test_video=cap13, max_frames=FRAMES))
     return out
 
 
@@ -80,7 +80,6 @@ def test_rerun_reuses_finished_work(dataset: Path, cap12: Path, cap13: Path, mon
     monkeypatch.setattr(prepare_module.FaceTracker, "__call__", no_tracking)
     manifest = run(
         PrepareConfig(video=cap12, out=dataset, test_video=cap13, max_frames=FRAMES),
-        log=lambda _: None,
     )
     assert manifest["train_frames"] == FRAMES
     after = {p: p.stat().st_mtime_ns for p in (dataset / "train" / "frames").iterdir()}
@@ -103,14 +102,14 @@ def test_killed_run_leaves_no_manifest_and_resumes(
     monkeypatch.setattr(prepare_module._Worker, "__call__", dies_midway)
     config = PrepareConfig(video=cap12, out=out, max_frames=FRAMES, workers=1)
     with pytest.raises(KeyboardInterrupt):
-        run(config, log=lambda _: None)
+        run(config)
     assert not (out / "manifest.json").exists()
     assert not list(out.rglob("*.partial"))
     done = len(list((out / "train" / "mask").glob("*.png")))
     assert 0 < done < FRAMES
 
     monkeypatch.setattr(prepare_module._Worker, "__call__", original)
-    manifest = run(config, log=lambda _: None)
+    manifest = run(config)
     assert manifest["train_frames"] + manifest["test_frames"] == FRAMES
 
 

@@ -31,7 +31,7 @@ QUICK = (("mrf", 0.0), ("cos", 0.0), ("gan_g", 0.0), ("gan_d", 0.0), ("r1_gamma"
 @pytest.fixture(scope="module")
 def data64(cap12: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "cap12-64"
-    prepare(PrepareConfig(video=cap12, out=out, size=64, max_frames=60), log=lambda _: None)
+    prepare(PrepareConfig(video=cap12, out=out, size=64, max_frames=60))
     return out
 
 

@@ -27,7 +27,7 @@ import json
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -416,7 +416,7 @@ def _atomic_json(path: Path, payload: dict[str, Any]) -> None:
     partial.replace(path)
 
 
-def run(config: PrepareConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run(config: PrepareConfig) -> dict[str, Any]:
     """Prepare the dataset and return the manifest."""
     config.validate()
     torch.set_num_threads(1)  # parallelism comes from the frame pool, not from inside ops
