@@ -22,7 +22,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from models import checkpoint as ckpt
-from models.networks import SelfieAvatarGenerator
+from models.networks import SelfieAvatarGenerator, StaticFeatures
 from models.presets import NetworkConfig, Preset
 from tracking.assets import sha256_of
 from tracking.crop import Crop
@@ -152,6 +152,7 @@ def load_avatar(path: Path, device: str | torch.device = "cpu") -> Avatar:
     )
     generator.freeze_static()
     generator.eval().to(device)
+    generator.use_static(StaticFeatures(tensors["static/texture"].to(device), tensors["static/background"].to(device)))
     expression = ExpressionModel.from_arrays(
         {k.removeprefix("expression/"): v.numpy() for k, v in tensors.items() if k.startswith("expression/")}
     )

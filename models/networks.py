@@ -320,6 +320,12 @@ class SelfieAvatarGenerator(nn.Module):
             self._static_key = key
         return self._static_cache
 
+    def use_static(self, features: StaticFeatures) -> None:
+        """Adopt precomputed G_f / G_b outputs (e.g. from an .avatar file) as the cache, valid
+        until their weights change, so loading an avatar does not rerun the static generators."""
+        self._static_cache = StaticFeatures(features.texture.detach(), features.background.detach())
+        self._static_key = self._static_version()
+
     def freeze_static(self) -> None:
         """Stops training G_f and G_b (StyleAvatar does after 10k iterations).
 

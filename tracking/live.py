@@ -94,10 +94,9 @@ class LiveDriver:
         c = self.config
         self._blend_filter = OneEuroFilter(c.blend_min_cutoff, c.blend_beta)
         self._pose_filter = OneEuroFilter(c.pose_min_cutoff, c.pose_beta)
-        self._shown: tuple[F32, F64] = (self.retarget.reference.blendshapes, self.retarget.reference.pose)
         self._raw: tuple[F32, F64] | None = None
         self._last_seen: float | None = None
-        self._lost_from: tuple[F32, F64] = self._shown
+        self._lost_from: tuple[F32, F64] = (self.retarget.reference.blendshapes, self.retarget.reference.pose)
 
     def calibrate(self) -> bool:
         """Take the driver's latest tracked face as their neutral; False if none was seen yet."""
@@ -132,6 +131,5 @@ class LiveDriver:
             # Keep the filters on what is shown, so a returning face continues from here.
             self._blend_filter(blend, now)
             self._pose_filter(pose, now)
-        self._shown = (blend, pose)
         landmarks = self.crop.points(self.retarget(blend, pose))
         return DriveResult(self.renderer(landmarks), landmarks, track is not None, blend, pose)
