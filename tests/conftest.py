@@ -33,3 +33,23 @@ def cap12_track_256(cap12: Path) -> npt.NDArray[np.float32]:
         track = tracker(first_frames(cap12, 1)[0])
     assert track is not None
     return track.landmarks * np.float32(256 / 512)
+
+
+@pytest.fixture(scope="session")
+def tiny_avatar(cap12: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real 64 px avatar of cap12: prepared, trained briefly (L1 + mask) and exported.
+
+    Quality is beside the point; engines, the live service and evaluation need a genuine
+    `.avatar` file of the format users get, quickly.
+    """
+    from models.avatar import export
+    from models.train import TrainOptions
+    from models.train import run as train
+    from tracking.prepare import PrepareConfig
+    from tracking.prepare import run as prepare
+
+    root = tmp_path_factory.mktemp("tiny-avatar")
+    prepare(PrepareConfig(video=cap12, out=root / "data", size=64, max_frames=40))
+    losses = (("mrf", 0.0), ("cos", 0.0), ("gan_g", 0.0), ("gan_d", 0.0))
+    train(TrainOptions(root / "data", root / "run", preset="tiny", steps=30, device="cpu", losses=losses))
+    return export(root / "run", root / "data", root / "tiny.avatar", subject="cap12 (test)", consent="MIT test data")

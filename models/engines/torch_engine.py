@@ -1,0 +1,47 @@
+"""The torch backend: the generator's inference pass in float32 on CPU (the reference)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.avatar import Avatar
+from models.engines.base import U8, U16, EngineOutput, check_inputs, register
+
+
+def to_inputs(uv: U16, shaded: U8, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Engine arrays -> the generator's [N, 3, H, W] inputs in [0, 1]."""
+    uv_t = torch.from_numpy(uv.astype(np.int32)).to(device).permute(0, 3, 1, 2).to(dtype) / 65535
+    shaded_t = torch.from_numpy(shaded).to(device).permute(0, 3, 1, 2).to(dtype) / 255
+    return uv_t, shaded_t
+
+
+def to_output(image: Tensor, mask: Tensor) -> EngineOutput:
+    """Generator outputs ([N, 3, H, W] in [-1, 1], [N, 1, H, W] in [0, 1]) -> uint8 arrays."""
+    rgb = ((image.float() + 1) * 127.5).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    m = (mask.float()[:, 0] * 255).clamp(0, 255).round().to(torch.uint8)
+    return EngineOutput(rgb.cpu().numpy(), m.cpu().numpy())
+
+
+@register("torch")
+class TorchEngine:
+    """Runs the avatar's generator with torch (mean temporal code, centred window)."""
+
+    name = "torch"
+
+    def __init__(self, avatar: Avatar, device: str = "cpu") -> None:
+        self.device = device
+        self.resolution = avatar.network.image_size
+        self._device = torch.device(device)
+        self.generator = avatar.generator.to(self._device).eval()
+
+    @torch.inference_mode()
+    def __call__(self, uv: U16, shaded: U8) -> EngineOutput:
+        n = check_inputs(uv, shaded, self.resolution)
+        uv_t, shaded_t = to_inputs(uv, shaded, self._device, torch.float32)
+        out = self.generator(uv_t, shaded_t, None, self.generator.center_window(n, self._device), noise_mode="const")
+        return to_output(out.image, out.mask)
+
+    def close(self) -> None:
+        pass
