@@ -1,0 +1,294 @@
+"""`avatarcam serve`: the HTTP face of the service — page, dashboard, signaling, control, metrics.
+
+aiohttp on one port: `/` page, `/dashboard`, `/static/*` (files of `web/`), `POST /offer`
+(aiortc's {"sdp", "type"} convention), `/api/info`, `/api/sessions`, `POST /api/control`,
+`/ws` (dashboard feed and control), `/metrics` (Prometheus). `Server` has startup / main loop /
+shutdown; `run(config)` adds signal handling and is all the CLI calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from streamer.service import RequestError, ServeConfig, Service
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 256 * 1024  # bytes; an SDP offer is a few kB
+FEED_PERIOD = 0.5  # seconds between dashboard snapshots and per-peer stats
+COOKIE = "avatarcam_token"
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+class Server:
+    """The live service behind HTTP. `startup()` binds and returns the port, `main_loop()` runs
+    until `should_exit` is set, `shutdown()` closes everything within the configured timeout."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config.resolved()
+        self.service = Service(self.config)
+        self.should_exit = asyncio.Event()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._feed: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def startup(self) -> int:
+        await self.service.startup()
+        app = web.Application(middlewares=[self._errors, self._guard], client_max_size=MAX_BODY)
+        web_root = self.config.web_root
+        app.add_routes(
+            [
+                web.get("/", self._page("index.html")),
+                web.get("/dashboard", self._page("dashboard.html")),
+                web.post("/offer", self._offer),
+                web.get("/api/info", self._info),
+                web.get("/api/sessions", self._sessions),
+                web.post("/api/control", self._control),
+                web.get("/ws", self._ws),
+                web.get("/metrics", self._metrics),
+                web.get("/healthz", self._health),
+            ]
+        )
+        if web_root.is_dir():
+            app.router.add_static("/static", web_root)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._feed = asyncio.get_running_loop().create_task(self._push_feed(), name="feed")
+        return self.port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        query = f"?token={self.config.token}" if self.config.token else ""
+        return f"http://{host}:{self.port}/{query}"
+
+    async def main_loop(self) -> None:
+        """Run until asked to exit, or until a non-looping shared source ends."""
+        shared_done = asyncio.Event()
+        if self.service.shared is not None:
+            self.service.shared.on_end = lambda _session: shared_done.set()
+        stop = asyncio.ensure_future(self.should_exit.wait())
+        ended = asyncio.ensure_future(shared_done.wait())
+        await asyncio.wait([stop, ended], return_when=asyncio.FIRST_COMPLETED)
+        for task in (stop, ended):
+            task.cancel()
+        if shared_done.is_set():
+            log.info("the source ended; stopping")
+
+    async def shutdown(self) -> None:
+        """Close peers, sessions, sockets and the listener; cancel what outlasts the timeout."""
+        if self._feed is not None:
+            self._feed.cancel()
+            await asyncio.gather(self._feed, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._close_all(), self.config.shutdown_timeout)
+        except TimeoutError:
+            log.warning("shutdown took longer than %.1f s; cancelling the rest", self.config.shutdown_timeout)
+
+    async def _close_all(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        await self.service.shutdown()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _push_feed(self) -> None:
+        while True:
+            await asyncio.sleep(FEED_PERIOD)
+            self.service.push_stats()
+            if self._sockets:
+                message = json.dumps(self.service.snapshot())
+                for ws in list(self._sockets):
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_str(message)
+
+    # ---- middlewares: errors, token, origin -----------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+            return _error(exc.status, str(exc))
+        except web.HTTPRequestEntityTooLarge:
+            log.warning("%s %s: body over %d bytes", request.method, request.path, MAX_BODY)
+            return _error(413, f"request body over {MAX_BODY} bytes")
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _error(exc.status, exc.reason)
+            raise
+
+    def _token_ok(self, request: web.Request) -> bool:
+        token = self.config.token
+        if token is None:
+            return True
+        given = request.query.get("token") or request.cookies.get(COOKIE, "")
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth.removeprefix("Bearer ")
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _origin_ok(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:  # not a browser, or a same-origin GET: the token is the guard
+            return True
+        if origin in self.config.allowed_origins:
+            return True
+        return urlsplit(origin).netloc == request.host
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path == "/healthz":
+            return await handler(request)
+        if not self._token_ok(request):
+            return _error(401, "missing or wrong access token: open the URL avatarcam serve printed")
+        if (request.method != "GET" or request.path == "/ws") and not self._origin_ok(request):
+            log.warning("refused %s %s from origin %s", request.method, request.path, request.headers["Origin"])
+            return _error(403, "origin not allowed")
+        response = await handler(request)
+        if self.config.token and request.query.get("token"):
+            response.set_cookie(COOKIE, self.config.token, httponly=True, samesite="Strict")
+        return response
+
+    # ---- routes --------------------------------------------------------------------------------
+
+    def _page(self, name: str) -> Handler:
+        async def page(request: web.Request) -> web.StreamResponse:
+            path = self.config.web_root / name
+            if not path.is_file():
+                return _error(404, f"{name} is missing from {self.config.web_root}")
+            return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+        return page
+
+    async def _json(self, request: web.Request) -> Any:
+        try:
+            return await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise RequestError(400, "the body is not valid JSON") from None
+
+    async def _offer(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        answer = await self.service.offer(body, request.remote or "unknown")
+        return web.json_response(answer)
+
+    async def _info(self, request: web.Request) -> web.Response:
+        return web.json_response(self.service.info())
+
+    async def _sessions(self, request: web.Request) -> web.Response:
+        return web.json_response({"sessions": [s.snapshot() for s in self.service.sessions()]})
+
+    async def _control(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        if not isinstance(body, dict):
+            raise RequestError(400, 'expected JSON {"action": ..., "session"?: ..., "value"?: ...}')
+        return web.json_response(await self.service.control(body.get("action"), body.get("session"), body.get("value")))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.service.metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "sessions": len(self.service.sessions())})
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=10, max_msg_size=64 * 1024)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        await ws.send_str(json.dumps(self.service.snapshot()))
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(message.data)
+                    if not isinstance(data, dict) or data.get("type") != "control":
+                        raise RequestError(400, 'send {"type": "control", "action": ...}')
+                    reply = await self.service.control(data.get("action"), data.get("session"), data.get("value"))
+                except (ValueError, RequestError) as exc:
+                    reply = {"type": "error", "error": str(exc)}
+                await ws.send_str(json.dumps(reply))
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
+
+async def serve(config: ServeConfig) -> None:
+    """Start, announce, run until SIGINT/SIGTERM (or the source ends), shut down."""
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, server.should_exit.set)
+    try:
+        await server.startup()
+        print(f"avatarcam: serving on {server.url}", flush=True)
+        if server.config.token and config.token is None:
+            print("avatarcam: bound beyond localhost; the token above is required", file=sys.stderr, flush=True)
+        await server.main_loop()
+    finally:
+        await server.shutdown()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+def run(config: ServeConfig) -> None:
+    """The CLI's entry point: uvloop when installed, then `serve`."""
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(serve(config))
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def configure_logging(fmt: str = "text", level: int = logging.INFO) -> None:
+    """Logs to stderr: readable text, or one JSON object per line for log collectors."""
+    handler = logging.StreamHandler()
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("aioice", "aiortc", "aiohttp.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,208 @@
+"""Sinks: where avatar frames go (`virtualcam`, `file:OUT.mp4`, `null`; WebRTC is in webrtc.py).
+
+`send` never blocks the pipeline: each sink keeps a one-frame slot (a slow sink drops its
+oldest frame, counted) and delivers from its own task, with blocking work in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol
+
+from streamer.clock import Clock
+from streamer.frames import Frame
+from streamer.queues import Closed, DropQueue
+
+log = logging.getLogger(__name__)
+
+Report = Callable[[Frame, float, float], None]
+"""Called after a delivery with (frame, seconds the delivery took, clock time it finished)."""
+
+
+class SinkError(RuntimeError):
+    """A sink cannot start; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SinkSpec:
+    """A parsed `--sink` value: kind "virtualcam", "webrtc", "file" (with a path) or "null"."""
+
+    kind: str
+    target: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> SinkSpec:
+        kind, _, target = text.partition(":")
+        if kind in ("virtualcam", "webrtc", "null") and not target:
+            return cls(kind)
+        if kind == "file" and target:
+            return cls(kind, target)
+        raise SinkError(f"--sink {text!r}: use virtualcam, webrtc, file:OUT.mp4 or null")
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.target}" if self.target else self.kind
+
+
+class Sink(Protocol):
+    """Takes the session's avatar frames; `report` is set by the session to time deliveries."""
+
+    name: str
+    report: Report | None
+
+    def send(self, frame: Frame) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class QueuedSink:
+    """Base of the sinks: a latest-frame slot drained by one task into `deliver` (in a thread)."""
+
+    name = "sink"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.report: Report | None = None
+        self._slot: DropQueue[Frame] = DropQueue(1)
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"{self.name}-sink")
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self._slot.dropped
+
+    def send(self, frame: Frame) -> bool:
+        """Queue `frame`; False when an undelivered older frame was dropped for it."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._drain(), name=f"{self.name}-sink")
+        return self._slot.put(frame)
+
+    def deliver(self, frame: Frame) -> None:
+        """Publish one frame (runs in the sink's worker thread)."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Release what `deliver` opened (runs in the sink's worker thread)."""
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                frame = await self._slot.get()
+            except Closed:
+                return
+            start = self.clock.now()
+            await loop.run_in_executor(self._executor, self.deliver, frame)
+            end = self.clock.now()
+            if self.report is not None:
+                self.report(frame, end - start, end)
+
+    async def close(self) -> None:
+        self._slot.close()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, 5.0)
+            except TimeoutError:
+                self._task.cancel()
+        await asyncio.get_running_loop().run_in_executor(self._executor, self.finish)
+        self._executor.shutdown(wait=True)
+
+
+class NullSink(QueuedSink):
+    """Discards frames (benchmarks, headless runs)."""
+
+    name = "null"
+
+    def deliver(self, frame: Frame) -> None:
+        pass
+
+
+class FileSink(QueuedSink):
+    """Writes an H.264 mp4 with PyAV; timestamps follow capture times, so the file plays in real time."""
+
+    name = "file"
+
+    def __init__(self, path: Path, clock: Clock, fps: float = 30.0) -> None:
+        super().__init__(clock)
+        if not path.parent.is_dir():
+            raise SinkError(f"cannot write {path}: folder {path.parent} does not exist")
+        self.path = path
+        self.fps = fps
+        self._container: Any = None
+        self._stream: Any = None
+        self._t0: float | None = None
+        self._last_pts = -1
+
+    def deliver(self, frame: Frame) -> None:
+        import av
+
+        if self._container is None:
+            self._container = av.open(str(self.path), "w")
+            stream = self._container.add_stream("libx264", rate=round(self.fps))
+            stream.width, stream.height = frame.image.shape[1], frame.image.shape[0]
+            stream.pix_fmt = "yuv420p"
+            stream.time_base = Fraction(1, 1000)
+            stream.options = {"preset": "veryfast", "tune": "zerolatency"}
+            self._stream = stream
+            self._t0 = frame.captured
+        assert self._t0 is not None
+        video_frame = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+        pts = max(round((frame.captured - self._t0) * 1000), self._last_pts + 1)
+        video_frame.pts, video_frame.time_base = pts, Fraction(1, 1000)
+        self._last_pts = pts
+        for packet in self._stream.encode(video_frame):
+            self._container.mux(packet)
+
+    def finish(self) -> None:
+        if self._container is not None:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+            self._container = None
+
+
+def virtualcam_help() -> str:
+    """How to make a virtual camera device on this platform."""
+    if sys.platform.startswith("linux"):
+        return (
+            "create one with v4l2loopback: sudo apt install v4l2loopback-dkms && "
+            "sudo modprobe v4l2loopback devices=1 exclusive_caps=1 card_label=avatarcam"
+        )
+    return "install OBS Studio and start its virtual camera once (Tools > Start Virtual Camera), then close OBS"
+
+
+class VirtualCamSink(QueuedSink):
+    """A system webcam other programs (Zoom, Meet, OBS) can open, through pyvirtualcam.
+
+    Args:
+        width, height, fps: the device format (frames must match it).
+        backend: a pyvirtualcam backend name; None picks the platform's.
+    """
+
+    name = "virtualcam"
+
+    def __init__(self, width: int, height: int, fps: float, clock: Clock, backend: str | None = None) -> None:
+        super().__init__(clock)
+        import pyvirtualcam
+
+        try:
+            self.camera = pyvirtualcam.Camera(width, height, fps, fmt=pyvirtualcam.PixelFormat.RGB, backend=backend)
+        except RuntimeError as exc:
+            raise SinkError(f"no virtual camera device: {exc}; {virtualcam_help()}") from None
+        log.info("virtual camera %s (%dx%d at %g fps)", self.camera.device, width, height, fps)
+
+    @property
+    def device(self) -> str:
+        return str(self.camera.device)
+
+    def deliver(self, frame: Frame) -> None:
+        self.camera.send(frame.image)
+
+    def finish(self) -> None:
+        self.camera.close()
