@@ -26,7 +26,7 @@ MIN_CONTRAST = 80  # white guard minus black guard, in 8-bit luma
 
 def cell_size(width: int) -> int:
     """Cell side in pixels for a frame `width` pixels wide."""
-    return max(8, width // 32)
+    return max(4, width // 32)
 
 
 def write(image: U8, tag: int) -> None:

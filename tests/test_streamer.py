@@ -1,0 +1,247 @@
+"""The live pipeline's parts: hand-off queues, pacing, frame stamps, compose, sources and sinks."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import ClassVar
+
+import av
+import numpy as np
+import pytest
+import pyvirtualcam
+
+from streamer import stamp
+from streamer.clock import Pacer
+from streamer.compose import Background, ComposeConfig, Compositor
+from streamer.frames import Frame
+from streamer.queues import Closed, DropQueue
+from streamer.sinks import FileSink, SinkError, SinkSpec, VirtualCamSink
+from streamer.sources import FileSource, SourceEnded, SourceError, SourceSpec
+from tests.media import first_frames
+
+
+class FakeClock:
+    """A clock tests move by hand: `sleep_until` jumps straight to the deadline."""
+
+    def __init__(self, start: float = 100.0) -> None:
+        self.t = start
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep_until(self, deadline: float) -> None:
+        self.sleeps.append(deadline)
+        self.t = max(self.t, deadline)
+
+
+def test_drop_queue_keeps_the_newest_and_counts_drops() -> None:
+    async def scenario() -> tuple[list[int], int]:
+        q: DropQueue[int] = DropQueue(2)
+        for i in range(5):
+            q.put(i)
+        got = [await q.get(), await q.get()]
+        q.close()
+        with pytest.raises(Closed):
+            await q.get()
+        return got, q.dropped
+
+    got, dropped = asyncio.run(scenario())
+    assert got == [3, 4] and dropped == 3
+
+
+def test_pacer_ticks_on_absolute_deadlines_and_skips_missed_ones() -> None:
+    clock = FakeClock()
+    pacer = Pacer(25, clock)
+
+    async def scenario() -> list[float]:
+        ticks = [await pacer.wait() for _ in range(3)]
+        clock.t += 0.5  # the consumer stalls for 12.5 periods
+        ticks.append(await pacer.wait())
+        ticks.append(await pacer.wait())
+        return ticks
+
+    ticks = asyncio.run(scenario())
+    start = 100.0
+    assert ticks[:3] == pytest.approx([start, start + 0.04, start + 0.08])
+    # no burst after the stall: the next tick is the first deadline after "now", then one period on
+    assert ticks[3] >= clock.sleeps[-2] and ticks[3] > start + 0.5
+    assert ticks[4] - ticks[3] == pytest.approx(0.04)
+    assert pacer.missed >= 11
+
+
+@pytest.mark.parametrize("width", [64, 256, 640])
+def test_stamp_round_trip_survives_video_compression(width: int) -> None:
+    """Ids painted into frames are read back after a real VP8 encode and decode."""
+    frames = first_frames(Path("../shared/data/512/drv_lp_d10_512.mp4"), 6)
+    encoder = av.CodecContext.create("libvpx", "w")
+    encoder.width, encoder.height, encoder.pix_fmt = width, width, "yuv420p"
+    encoder.bit_rate, encoder.time_base = 300_000, Fraction(1, 30)
+    decoder = av.CodecContext.create("libvpx", "r")
+    ids = [5, 6, 511, 512, 1023, 1024]
+    decoded = []
+    for i, (tag, image) in enumerate(zip(ids, frames, strict=True)):
+        picture = np.ascontiguousarray(
+            av.VideoFrame.from_ndarray(image, format="rgb24").reformat(width, width).to_ndarray(format="rgb24")
+        )
+        stamp.write(picture, tag)
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24").reformat(format="yuv420p")
+        frame.pts = i
+        for packet in encoder.encode(frame):
+            decoded += [f.to_ndarray(format="rgb24") for f in decoder.decode(packet)]
+    for packet in encoder.encode(None):
+        decoded += [f.to_ndarray(format="rgb24") for f in decoder.decode(packet)]
+    assert [stamp.read(d) for d in decoded] == [t % stamp.MODULUS for t in ids]
+    assert stamp.read(frames[0]) is None  # a real, unstamped frame reads as no stamp
+
+
+def test_compose_backgrounds_and_badge(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 255
+    picture = tmp_path / "bg.png"
+    import cv2
+
+    cv2.imwrite(str(picture), np.full((30, 50, 3), (0, 0, 255), np.uint8))  # BGR red
+    plain = Compositor(ComposeConfig(badge=False, image=picture), 64)
+    assert np.array_equal(plain(image, mask), image)  # learned background, no badge: untouched
+    plain.set_background(Background.IMAGE)
+    replaced = plain(image, mask)
+    assert np.array_equal(replaced[20:40, 20:40], image[20:40, 20:40])  # person kept
+    assert (replaced[:8, :8] == [255, 0, 0]).all()  # background replaced by the picture (RGB red)
+    plain.set_background(Background.BLUR)
+    blurred = plain(image, mask)
+    assert blurred[:10, :10].std() < image[:10, :10].std() / 3
+    badged = Compositor(ComposeConfig(badge=False), 64, badge_required=True)(image, mask)
+    changed = np.argwhere((badged != image).any(axis=2))
+    assert len(changed) > 20 and changed[:, 0].min() > 40 and changed[:, 1].min() > 8  # bottom right only
+    with pytest.raises(ValueError, match="background-image"):
+        Compositor(ComposeConfig(), 64).set_background(Background.IMAGE)
+
+
+def test_specs_parse_or_say_what_to_write() -> None:
+    assert SourceSpec.parse("camera:0") == SourceSpec("camera", "0")
+    assert SourceSpec.parse("file:/a b.mp4").target == "/a b.mp4"
+    assert str(SourceSpec.parse("webrtc")) == "webrtc"
+    assert SinkSpec.parse("file:out.mp4") == SinkSpec("file", "out.mp4")
+    with pytest.raises(SourceError, match="camera:N"):
+        SourceSpec.parse("webcam")
+    with pytest.raises(SinkError, match="virtualcam, webrtc"):
+        SinkSpec.parse("zoom")
+
+
+def test_file_source_paces_at_the_video_rate_and_ends(driver_video: Path, tmp_path: Path) -> None:
+    clip = tmp_path / "clip.mp4"
+    with av.open(str(clip), "w") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i, image in enumerate(first_frames(driver_video, 5)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(64, 64, format="yuv420p")
+            frame.pts = i
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    clock = FakeClock()
+
+    async def play(loop: bool, n: int) -> list[Frame]:
+        source = FileSource(clip, clock, loop=loop)
+        frames = []
+        try:
+            for _ in range(n):
+                frames.append(await source.recv())
+        except SourceEnded:
+            pass
+        await source.close()
+        return frames
+
+    frames = asyncio.run(play(False, 10))
+    assert len(frames) == 5
+    assert np.diff([f.captured for f in frames]) == pytest.approx([0.04] * 4)
+    assert len(asyncio.run(play(True, 12))) == 12  # loops past the end
+    with pytest.raises(SourceError, match="no such file"):
+        FileSource(tmp_path / "missing.mp4", clock)
+
+
+def test_file_sink_writes_a_playable_mp4(tmp_path: Path) -> None:
+    async def write() -> None:
+        sink = FileSink(tmp_path / "out.mp4", FakeClock(), fps=25)
+        for i in range(10):
+            sink.send(Frame(np.full((64, 64, 3), i * 20, np.uint8), 100 + i * 0.04, i))
+            await asyncio.sleep(0.01)
+        await sink.close()
+
+    asyncio.run(write())
+    with av.open(str(tmp_path / "out.mp4")) as video:
+        frames = list(video.decode(video=0))
+    assert 1 <= len(frames) <= 10 and frames[0].width == 64
+
+
+class RecordingCamera:
+    """A pyvirtualcam backend that records frames, registered like the real ones (pyvirtualcam
+    asks backends not to inherit from its documentation-only Backend class)."""
+
+    frames: ClassVar[list[np.ndarray]] = []
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None) -> None:
+        assert fourcc == pyvirtualcam.camera.encode_fourcc(pyvirtualcam.PixelFormat.RGB.value)
+
+    def device(self) -> str:
+        return "recording-camera"
+
+    def native_fourcc(self) -> int | None:
+        return None
+
+    def send(self, frame: np.ndarray) -> None:
+        RecordingCamera.frames.append(frame.copy())
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def recording_backend() -> Iterator[str]:
+    pyvirtualcam.register_backend("recording", RecordingCamera)
+    RecordingCamera.frames.clear()
+    yield "recording"
+    del pyvirtualcam.camera.BACKENDS["recording"]
+
+
+def test_virtual_camera_sink_through_a_registered_backend(recording_backend: str) -> None:
+    images = [np.full((64, 64, 3), v, np.uint8) for v in (10, 200)]
+
+    async def run() -> str:
+        sink = VirtualCamSink(64, 64, 30, FakeClock(), backend=recording_backend)
+        device = sink.device
+        for i, image in enumerate(images):
+            sink.send(Frame(image, 100.0 + i, i))
+            await asyncio.sleep(0.05)
+        await sink.close()
+        return device
+
+    assert asyncio.run(run()) == "recording-camera"
+    assert len(RecordingCamera.frames) == 2
+    # pyvirtualcam checked the shape and handed the backend each frame flattened (1-D RGB)
+    assert all(np.array_equal(a, b.ravel()) for a, b in zip(RecordingCamera.frames, images, strict=True))
+
+
+def test_missing_virtual_camera_says_how_to_make_one() -> None:
+    if list(Path("/dev").glob("video*")):
+        pytest.skip("this machine has a video device")
+    with pytest.raises(SinkError, match="v4l2loopback"):
+        VirtualCamSink(64, 64, 30, FakeClock())
+
+
+@pytest.mark.skipif(not list(Path("/dev").glob("video*")), reason="no /dev/video* device (v4l2loopback) here")
+def test_real_virtual_camera_device() -> None:
+    async def run() -> str:
+        sink = VirtualCamSink(64, 64, 30, FakeClock())
+        device = sink.device
+        sink.send(Frame(np.zeros((64, 64, 3), np.uint8), 0.0, 0))
+        await asyncio.sleep(0.1)
+        await sink.close()
+        return device
+
+    assert asyncio.run(run()).startswith("/dev/video")
