@@ -19,6 +19,7 @@ import psutil
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaBlackhole
 
+from models.engines import ENGINES
 from streamer.clock import Clock, MonotonicClock
 from streamer.compose import Background, ComposeConfig
 from streamer.metrics import Metrics
@@ -106,6 +107,8 @@ class ServeConfig:
         for path in self.avatars:
             if not path.is_file():
                 raise ValueError(f"avatar {path} does not exist; train and export one, or run `avatarcam demo`")
+        if self.backend not in ENGINES:
+            raise ValueError(f"unknown engine backend {self.backend!r}; choose one of {sorted(ENGINES)}")
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
         if self.max_sessions < 1 or self.offers_per_minute < 1 or self.bitrate < 50_000 or self.fps < 0:
