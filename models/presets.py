@@ -170,9 +170,17 @@ class TrainConfig:
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas must be two values in [0, 1), got {self.adam_betas}")
 
-    def ema_beta(self) -> float:
-        """Per-step EMA decay that gives `ema_half_life_images` at this batch size."""
-        return float(0.5 ** (self.batch_size / self.ema_half_life_images))
+    ema_rampup: float = 0.05
+    """Early in training the EMA half-life is at most this fraction of the images seen so far
+    (StyleGAN2-ADA's ramp-up), so a short run's EMA is not dominated by its random start."""
+
+    def ema_beta(self, step: int | None = None) -> float:
+        """Per-step EMA decay that gives `ema_half_life_images` at this batch size, ramped up
+        over the first steps when `step` is given."""
+        half_life = float(self.ema_half_life_images)
+        if step is not None and self.ema_rampup > 0:
+            half_life = min(half_life, max(step * self.batch_size * self.ema_rampup, 1e-8))
+        return float(0.5 ** (self.batch_size / half_life))
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,7 @@ class Trainer:
 
     @torch.no_grad()
     def _update_ema(self) -> None:
-        beta = self.preset.train.ema_beta()
+        beta = self.preset.train.ema_beta(self.step)
         for p_ema, p in zip(self.ema.parameters(), self.generator.parameters(), strict=True):
             p_ema.lerp_(p, 1 - beta)
         for b_ema, b in zip(self.ema.buffers(), self.generator.buffers(), strict=True):

@@ -312,6 +312,10 @@ def test_ema_beta_matches_half_life() -> None:
     train = TINY.train
     steps = train.ema_half_life_images / train.batch_size
     assert train.ema_beta() ** steps == pytest.approx(0.5)
+    # ramp-up: at the first step the EMA is the generator; the half-life then grows with the images seen
+    betas = [train.ema_beta(step) for step in (0, 10, 100, 10**6)]
+    assert betas[0] == 0 and betas == sorted(betas) and betas[-1] == pytest.approx(train.ema_beta())
+    assert train.ema_beta(100) ** (100 * train.batch_size * train.ema_rampup / train.batch_size) == pytest.approx(0.5)
 
 
 @pytest.fixture(autouse=True, scope="module")
