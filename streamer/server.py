@@ -228,6 +228,7 @@ class Server:
                     if not isinstance(data, dict) or data.get("type") != "control":
                         raise RequestError(400, 'send {"type": "control", "action": ...}')
                     reply = await self.service.control(data.get("action"), data.get("session"), data.get("value"))
+                    reply = {"type": "control", **reply}
                 except (ValueError, RequestError) as exc:
                     reply = {"type": "error", "error": str(exc)}
                 await ws.send_str(json.dumps(reply))

@@ -143,6 +143,7 @@ class Service:
         self.peers: dict[str, Peer] = {}
         self.started = time.monotonic()
         self._offers: dict[str, list[float]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
         self._process = psutil.Process()
         self._process.cpu_percent()  # the first call only sets the baseline
 
@@ -286,7 +287,13 @@ class Service:
             log.warning("offer from %s rejected: %s", client, exc)
             raise RequestError(400, f"cannot use this offer: {exc}") from None
         log.info("peer %s connected from %s (codec %s)", peer.id, client, codec)
-        return {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "session": peer.id}
+        session = peer.session or self.shared
+        return {
+            "sdp": pc.localDescription.sdp,
+            "type": pc.localDescription.type,
+            "session": session.id if session is not None else peer.id,
+            "peer": peer.id,
+        }
 
     async def _negotiate(self, peer: Peer, sdp: str, codec: str, stamp: bool, background: str | None) -> None:
         pc = peer.pc
@@ -312,7 +319,9 @@ class Service:
                 return
             source = TrackSource(track, self.clock, read_stamps=stamp, name=f"webrtc:{peer.id}")
             config = self.session_config(stamp=stamp, background=Background(background) if background else None)
-            session = AvatarSession(peer.id, self.default_avatar, source, config, self.clock, self.metrics)
+            session = AvatarSession(
+                peer.id, self.default_avatar, source, config, self.clock, self.metrics, on_end=self._peer_session_ended
+            )
             session.add_sink(peer.track)
             peer.session = session
 
@@ -333,6 +342,12 @@ class Service:
         elif self.shared is not None:
             self.shared.add_sink(peer.track)
         self.metrics.sessions.set(len(self.sessions()))
+
+    def _peer_session_ended(self, session: AvatarSession) -> None:
+        """A browser's session ended on its own (its camera track stopped, or frames kept failing)."""
+        task = asyncio.get_running_loop().create_task(self.close_peer(session.id))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _on_peer_message(self, peer: Peer, message: Any) -> None:
         try:

@@ -34,6 +34,7 @@ from tracking.tracker import FaceTracker
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MAX_FAILURES = 10  # consecutive frames failing in a stage before the session ends
 
 
 @dataclass(frozen=True)
@@ -189,6 +190,7 @@ class AvatarSession:
         self._driving: _Driving | None = None
         self._generating: _Generating | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._failures = {"track": 0, "infer": 0}
 
     async def _run(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
@@ -214,6 +216,18 @@ class AvatarSession:
         self.stats.stage("sink", seconds)
         self.stats.delivered(finished - frame.captured)
 
+    def _failed(self, stage: str) -> bool:
+        """Log a frame that failed in `stage`; True when the session should give up."""
+        self._failures[stage] += 1
+        count = self._failures[stage]
+        self.stats.drop(stage)
+        log.exception("session %s: a frame failed in %s (%d in a row)", self.id, stage, count)
+        if count >= MAX_FAILURES:
+            log.error("session %s: %d frames failed in a row in %s; ending the session", self.id, count, stage)
+            self._to_drive.close()
+            return True
+        return False
+
     async def _capture(self) -> None:
         try:
             while True:
@@ -235,11 +249,17 @@ class AvatarSession:
                 frame = await self._to_drive.get()
             except Closed:
                 break
-            uv, shaded, track_s, render_s = await self._run(
-                self._drive_exec, self._driving, frame, self.config.calibrate_after
-            )
+            try:
+                uv, shaded, track_s, render_s = await self._run(
+                    self._drive_exec, self._driving, frame, self.config.calibrate_after
+                )
+            except Exception:
+                if self._failed("track"):
+                    break
+                continue
             self.stats.stage("track", track_s)
             self.stats.stage("render", render_s)
+            self._failures["track"] = 0
             self.stats.face_found = frame.face_found
             if not self._to_infer.put((frame, uv, shaded)):
                 self.stats.drop("infer")
@@ -252,12 +272,18 @@ class AvatarSession:
                 frame, uv, shaded = await self._to_infer.get()
             except Closed:
                 break
-            out, infer_s, compose_s = await self._run(
-                self._infer_exec, self._generating, frame, uv, shaded, self.config.stamp
-            )
+            try:
+                out, infer_s, compose_s = await self._run(
+                    self._infer_exec, self._generating, frame, uv, shaded, self.config.stamp
+                )
+            except Exception:
+                if self._failed("infer"):
+                    break
+                continue
             self.stats.stage("infer", infer_s)
             self.stats.stage("compose", compose_s)
             self.stats.produced()
+            self._failures["infer"] = 0
             for sink in list(self.sinks):
                 if not sink.send(out):
                     self.stats.drop("sink")

@@ -139,7 +139,7 @@ def test_file_source_to_webrtc_peer_and_metrics(tiny_avatar: Path, driver_video:
         assert np.abs(frames[-1].astype(int) - driver.to_ndarray(format="rgb24")).mean() > 10
         pts = [f.pts for f in client.frames]
         assert all(b > a for a, b in itertools.pairwise(pts))
-        assert answer["session"].startswith("peer-")
+        assert answer["session"] == "main" and answer["peer"].startswith("peer-")
         for series in (
             "avatarcam_frames_total",
             "avatarcam_frames_dropped_total",
@@ -332,3 +332,26 @@ def test_shutdown_leaves_no_threads_or_peers(tiny_avatar: Path, driver_video: Pa
     ours = ("drive", "infer", "source", "sink", "camera")
     left = [t.name for t in threading.enumerate() if t.name not in before and any(k in t.name for k in ours)]
     assert left == []
+
+
+def test_a_stage_that_keeps_failing_ends_its_session_with_a_log(
+    tiny_avatar: Path, driver_video: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from streamer import session as session_module
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("engine exploded")
+
+    monkeypatch.setattr(session_module._Generating, "__call__", broken)
+    ended = []
+
+    async def scenario() -> None:
+        clock = MonotonicClock()
+        source = FileSource(driver_video, clock, loop=True)
+        s = AvatarSession("s", AvatarEntry.load(tiny_avatar), source, SessionConfig(), clock, Metrics(), ended.append)
+        await s.start()
+        await until(lambda: bool(ended), "the session to end")
+        await s.stop()
+
+    asyncio.run(scenario())
+    assert "engine exploded" in caplog.text and "frames failed in a row" in caplog.text
