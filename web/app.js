@@ -1,0 +1,554 @@
+// The avatarcam page: camera in, avatar out over WebRTC, with live stats and glass-to-glass latency.
+//
+// In `--source webrtc` mode the camera is drawn through a canvas that paints a frame id
+// (stamp.js) into each frame before it is sent; the service echoes the id onto the avatar frame
+// it returns, and the page times camera frame -> displayed avatar frame. In shared-source mode
+// (e.g. `avatarcam demo`) the page only receives the shared avatar stream.
+
+import { MODULUS, StampReader, fits as stampFits, write as writeStamp } from "./stamp.js";
+
+const STATS_PERIOD_MS = 500;
+const SERVER_SILENCE_MS = 4000; // no stats message for this long while connected: the session is lost
+const DISCONNECTED_GRACE_MS = 3000; // ICE "disconnected" can recover by itself
+const GLASS_WINDOW = 90; // samples in the running median (~3 s at 30 fps)
+const FPS_WINDOW_MS = 2000;
+const BUSY_RETRY_S = 5;
+const MAX_BACKOFF_S = 8;
+
+const $ = (id) => document.getElementById(id);
+const token = new URLSearchParams(location.search).get("token");
+
+const STATES = {
+  loading: ["Loading…", "Asking the service what it serves."],
+  camera: ["Waiting for the camera", "Allow camera access: your camera drives the avatar."],
+  connecting: ["Connecting…", "Setting up the WebRTC session."],
+  running: ["Live", ""],
+  "no-face": ["Face not found", "Look into the camera. The avatar holds its last pose, then eases to neutral."],
+  paused: ["Paused", "The avatar is paused. Press Resume to continue."],
+  "camera-denied": ["Camera access denied", "Allow the camera for this site in the browser's settings, then press Retry."],
+  "no-camera": ["No camera available", "Connect a camera or close the app that holds it, then press Retry."],
+  insecure: ["Camera needs a secure page", "Browsers give the camera only to https:// pages or localhost."],
+  busy: ["Server busy", "All session slots are taken."],
+  reconnecting: ["Reconnecting…", ""],
+  unauthorized: ["Access token required", "Open the link you were given, including its ?token=… part."],
+  forbidden: ["Not allowed from this origin", "Open the page from the address the service was started with."],
+  error: ["Something went wrong", ""],
+};
+const RETRYABLE = new Set(["camera-denied", "no-camera", "error", "unauthorized", "forbidden", "insecure"]);
+
+// ---- state shown to the user ----
+
+const view = {
+  state: "loading",
+  setState(name, detail) {
+    const [title, text] = STATES[name];
+    this.state = name;
+    document.body.dataset.state = name;
+    $("state").dataset.state = name;
+    $("state").textContent = name;
+    $("banner-title").textContent = title;
+    $("banner-detail").textContent = detail ?? text;
+    $("retry").hidden = !RETRYABLE.has(name);
+  },
+  setStat(id, value, text) {
+    const node = $(id);
+    node.dataset.value = value ?? "";
+    node.textContent = text;
+  },
+};
+
+function ms(value) {
+  return value == null || Number.isNaN(value) ? "–" : `${value.toFixed(0)} ms`;
+}
+
+// ---- HTTP with the token the page was opened with ----
+
+class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.status = status;
+  }
+}
+
+async function api(path, body) {
+  const headers = { Accept: "application/json" };
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const init = { headers, credentials: "same-origin" };
+  if (body !== undefined) {
+    init.method = "POST";
+    headers["Content-Type"] = "application/json";
+    init.body = JSON.stringify(body);
+  }
+  const response = await fetch(path, init); // a network failure throws TypeError
+  let data = null;
+  try {
+    data = await response.json();
+  } catch {
+    data = null;
+  }
+  if (!response.ok) throw new HttpError(response.status, data?.error ?? `HTTP ${response.status}`);
+  return data;
+}
+
+// ---- the camera, stamped through a canvas ----
+
+class StampedCamera {
+  /** Draws each camera frame onto a canvas, paints an incrementing id, and sends the canvas. */
+  constructor(stream, video) {
+    this.stream = stream;
+    this.video = video;
+    this.canvas = document.createElement("canvas");
+    this.ctx = this.canvas.getContext("2d", { alpha: false });
+    this.sentAt = new Float64Array(MODULUS).fill(Number.NaN);
+    this.nextId = 0;
+    this.frames = 0;
+    this.clockFrom = null; // where glass-to-glass starts: the camera's capture time, or the paint
+    this.output = this.canvas.captureStream(0); // a frame exactly when requestFrame() is called
+    this.track = this.output.getVideoTracks()[0];
+    video.srcObject = stream;
+    video.play().catch(() => {});
+    this.onFrame = this.onFrame.bind(this);
+    video.requestVideoFrameCallback(this.onFrame);
+  }
+
+  onFrame(now, meta) {
+    const w = this.video.videoWidth;
+    const h = this.video.videoHeight;
+    if (w && h) {
+      if (this.canvas.width !== w || this.canvas.height !== h) {
+        this.canvas.width = w;
+        this.canvas.height = h;
+      }
+      this.ctx.drawImage(this.video, 0, 0, w, h);
+      if (stampFits(w, h)) {
+        const id = this.nextId;
+        this.nextId = (id + 1) % MODULUS;
+        writeStamp(this.ctx, w, id);
+        // From the camera's capture time where the browser gives it, else from now.
+        const captured = meta.captureTime;
+        const t = performance.now();
+        const fromCapture = captured > 0 && captured <= t && t - captured < 1000;
+        this.sentAt[id] = fromCapture ? captured : t;
+        this.clockFrom = fromCapture ? "camera capture" : "canvas paint";
+      }
+      this.track.requestFrame();
+      this.frames += 1;
+    }
+    this.video.requestVideoFrameCallback(this.onFrame);
+  }
+
+  /** When the frame with this id was captured, once: a repeated frame is not a new sample. */
+  take(id) {
+    const t = this.sentAt[id];
+    this.sentAt[id] = Number.NaN;
+    return t;
+  }
+
+  stop() {
+    this.track.stop();
+    for (const t of this.stream.getTracks()) t.stop();
+  }
+}
+
+// ---- the running median of glass-to-glass samples ----
+
+class Window {
+  constructor(size) {
+    this.size = size;
+    this.values = [];
+    this.count = 0;
+    this.log = []; // every sample of this connection (capped), for benchmarks reading the page
+  }
+  push(v) {
+    this.values.push(v);
+    if (this.values.length > this.size) this.values.shift();
+    this.count += 1;
+    if (this.log.length < 100000) this.log.push(v);
+  }
+  median() {
+    if (!this.values.length) return null;
+    const s = [...this.values].sort((a, b) => a - b);
+    const m = s.length >> 1;
+    return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+  }
+  clear() {
+    this.values = [];
+    this.log = [];
+  }
+}
+
+// ---- the session ----
+
+const app = {
+  info: null,
+  mode: null, // "camera" (webrtc source: this camera drives the avatar) or "shared"
+  camera: null,
+  pc: null,
+  channel: null,
+  session: null,
+  attempt: 0,
+  retryTimer: null,
+  statsTimer: null,
+  disconnectTimer: null,
+  lastServerMessage: 0,
+  framesShown: 0,
+  lastId: -1,
+  glass: new Window(GLASS_WINDOW),
+  reader: new StampReader(),
+  prevInbound: null, // recent [{frames decoded, time}] for the received frame rate
+  paused: false,
+  background: { value: "learned", pending: null }, // the shown mode, and the one to restore on refusal
+  tooSmall: false, // the avatar frames cannot carry a stamp: no glass-to-glass
+  server: null, // the latest stats message
+  generation: 0, // bumps on every teardown so late callbacks of an old connection do nothing
+};
+window.avatarcam = app; // for tests and for curious people with a console
+
+async function start() {
+  clearTimeout(app.retryTimer);
+  teardown();
+  view.setState("loading");
+  try {
+    app.info = await api("/api/info");
+  } catch (err) {
+    return retryLater(err, "reconnecting");
+  }
+  showInfo(app.info);
+  app.mode = app.info.source === "webrtc" ? "camera" : "shared";
+  document.body.dataset.mode = app.mode;
+  if (app.mode === "camera" && !app.camera) {
+    if (!navigator.mediaDevices?.getUserMedia) return view.setState("insecure");
+    view.setState("camera");
+    try {
+      const stream = await navigator.mediaDevices.getUserMedia({
+        video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } },
+        audio: false,
+      });
+      app.camera = new StampedCamera(stream, $("camera"));
+    } catch (err) {
+      const denied = err.name === "NotAllowedError" || err.name === "SecurityError";
+      const state = denied ? "camera-denied" : "no-camera";
+      return view.setState(state, `${STATES[state][1]} (${err.name})`);
+    }
+  }
+  try {
+    await connect();
+  } catch (err) {
+    retryLater(err, "reconnecting");
+  }
+}
+
+function showInfo(info) {
+  $("mode").textContent = info.source === "webrtc" ? "your camera drives the avatar" : `shared source: ${info.source}`;
+  $("avatar-name").textContent = `${info.avatar} · ${info.resolution}px`;
+  if (token) $("dashboard-link").href = `/dashboard?token=${encodeURIComponent(token)}`;
+  if (info.source !== "webrtc") {
+    view.setStat("stat-glass", null, "n/a");
+    $("stat-glass").title = "Glass-to-glass needs this page's camera as the source; this service drives the avatar from its own source.";
+    $("controls-note").hidden = false;
+    $("glass-note").textContent =
+      "Glass-to-glass latency is not available here: the avatar is driven by the service's own source " +
+      `(${info.source}), not by this page's camera. Start the service with --source webrtc to measure it.`;
+  }
+}
+
+function preferCodec(transceiver, codec) {
+  const caps = RTCRtpReceiver.getCapabilities?.("video");
+  if (!caps || !transceiver.setCodecPreferences) return;
+  const mime = codec === "h264" ? "video/h264" : "video/vp8";
+  const first = caps.codecs.filter((c) => c.mimeType.toLowerCase() === mime);
+  const rest = caps.codecs.filter((c) => c.mimeType.toLowerCase() !== mime);
+  if (first.length) transceiver.setCodecPreferences([...first, ...rest]);
+}
+
+async function connect() {
+  view.setState("connecting");
+  const generation = ++app.generation;
+  const pc = new RTCPeerConnection({ iceServers: [] });
+  app.pc = pc;
+  app.channel = pc.createDataChannel("control");
+  app.channel.onmessage = (e) => onServerMessage(e.data);
+  app.channel.onclose = () => generation === app.generation && lost("The service closed the session.");
+
+  const transceiver =
+    app.mode === "camera"
+      ? pc.addTransceiver(app.camera.track, { direction: "sendrecv", streams: [app.camera.output] })
+      : pc.addTransceiver("video", { direction: "recvonly" });
+  const codec = $("codec").value;
+  preferCodec(transceiver, codec);
+
+  pc.ontrack = (e) => {
+    const video = $("avatar");
+    video.srcObject = e.streams[0] ?? new MediaStream([e.track]);
+    video.play().catch(() => {});
+  };
+  pc.onconnectionstatechange = () => {
+    if (generation !== app.generation) return;
+    const s = pc.connectionState;
+    clearTimeout(app.disconnectTimer);
+    if (s === "failed" || s === "closed") lost(`Connection ${s}.`);
+    else if (s === "disconnected") {
+      const interrupted = () => generation === app.generation && lost("Connection interrupted.");
+      app.disconnectTimer = setTimeout(interrupted, DISCONNECTED_GRACE_MS);
+    }
+  };
+
+  await pc.setLocalDescription(await pc.createOffer());
+  await iceGathered(pc);
+  const answer = await api("/offer", {
+    sdp: pc.localDescription.sdp,
+    type: pc.localDescription.type,
+    options: { codec, stamp: app.mode === "camera", background: $("background").value },
+  });
+  if (generation !== app.generation) return;
+  app.session = answer.session;
+  $("session").textContent = answer.session ?? "–";
+  await pc.setRemoteDescription({ type: answer.type, sdp: answer.sdp });
+  app.lastServerMessage = performance.now();
+  app.statsTimer = setInterval(() => tick(generation), STATS_PERIOD_MS);
+}
+
+function iceGathered(pc) {
+  // The service takes a complete offer (no trickle ICE); host candidates on a LAN take milliseconds.
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => {
+      if (pc.iceGatheringState !== "complete") return;
+      pc.removeEventListener("icegatheringstatechange", done);
+      resolve();
+    };
+    pc.addEventListener("icegatheringstatechange", done);
+    setTimeout(resolve, 3000);
+  });
+}
+
+function teardown() {
+  app.generation += 1;
+  clearInterval(app.statsTimer);
+  clearTimeout(app.disconnectTimer);
+  if (app.channel) app.channel.onclose = null;
+  app.pc?.close();
+  app.pc = null;
+  app.channel = null;
+  app.session = null;
+  app.server = null;
+  app.prevInbound = null;
+  app.glass.clear();
+  app.framesShown = 0;
+  $("session").textContent = "–";
+  $("avatar").srcObject = null;
+  // Numbers of a connection that is gone would read as live: blank them.
+  for (const id of ["stat-fps", "stat-rtt", "stat-e2e", "face", "dropped"]) view.setStat(id, null, "–");
+  if (app.mode === "camera") view.setStat("stat-glass", null, "–");
+  $("video-info").textContent = "–";
+}
+
+function lost(reason) {
+  teardown();
+  app.attempt += 1;
+  const wait = Math.min(MAX_BACKOFF_S, 2 ** (app.attempt - 1));
+  view.setState("reconnecting", `${reason} Reconnecting in ${wait} s (attempt ${app.attempt}).`);
+  app.retryTimer = setTimeout(start, wait * 1000);
+}
+
+function retryLater(err, fallback) {
+  teardown();
+  if (err instanceof HttpError) {
+    if (err.status === 503 || err.status === 429) {
+      view.setState("busy", `${err.message}. Trying again in ${BUSY_RETRY_S} s.`);
+      app.retryTimer = setTimeout(start, BUSY_RETRY_S * 1000);
+      return;
+    }
+    if (err.status === 401) return view.setState("unauthorized");
+    if (err.status === 403) return view.setState("forbidden");
+    if (err.status < 500) return view.setState("error", `The service refused the connection: ${err.message}`);
+  }
+  const reason = err instanceof TypeError ? "The service is unreachable." : `${err.message}.`;
+  app.attempt += 1;
+  const wait = Math.min(MAX_BACKOFF_S, 2 ** (app.attempt - 1));
+  view.setState(fallback, `${reason} Retrying in ${wait} s (attempt ${app.attempt}).`);
+  app.retryTimer = setTimeout(start, wait * 1000);
+}
+
+// ---- messages from the service ----
+
+function onServerMessage(data) {
+  let msg;
+  try {
+    msg = JSON.parse(data);
+  } catch {
+    return;
+  }
+  if (msg.type === "error") {
+    if (app.background.pending != null) {
+      app.background.value = app.background.pending;
+      $("background").value = app.background.pending;
+      app.background.pending = null;
+    }
+    return notify(`The service refused: ${msg.error}`);
+  }
+  if (msg.type !== "stats") return;
+  app.lastServerMessage = performance.now();
+  app.server = msg;
+  // The session as the dashboard and /api/sessions name it (in shared mode: the shared one).
+  if (msg.session && msg.session !== app.session) {
+    app.session = msg.session;
+    $("session").textContent = msg.session;
+  }
+  app.paused = msg.state === "paused";
+  $("pause").textContent = app.paused ? "Resume" : "Pause";
+  $("pause").setAttribute("aria-pressed", String(app.paused));
+  view.setStat("stat-e2e", msg.e2e_ms, ms(msg.e2e_ms));
+  view.setStat("face", msg.face_found, msg.face_found == null ? "–" : msg.face_found ? "found" : "not found");
+  view.setStat("dropped", msg.dropped, String(msg.dropped ?? "–"));
+  if (msg.state === "ended") return lost("The service ended the session.");
+  if (app.framesShown > 0) showRunningState();
+}
+
+function showRunningState() {
+  const next = app.paused ? "paused" : app.server?.face_found === false ? "no-face" : "running";
+  if (view.state !== next) view.setState(next);
+}
+
+// ---- each displayed avatar frame ----
+
+function onAvatarFrame(now, meta) {
+  const video = $("avatar");
+  video.requestVideoFrameCallback(onAvatarFrame);
+  if (!app.pc) return;
+  app.framesShown += 1;
+  if (["connecting", "reconnecting", "busy"].includes(view.state)) {
+    app.attempt = 0;
+    showRunningState();
+  }
+  if (app.mode !== "camera" || !app.camera) return;
+  app.tooSmall = !stampFits(meta.width, meta.height);
+  const id = app.reader.readFrom(video, meta.width, meta.height);
+  if (id == null || id === app.lastId) return;
+  app.lastId = id;
+  const sent = app.camera.take(id);
+  const shown = meta.expectedDisplayTime ?? now;
+  // Ids wrap every 1024 frames (~34 s at 30 fps); an older id than that is not this frame's.
+  if (Number.isNaN(sent) || shown < sent || shown - sent > 10000) return;
+  app.glass.push(shown - sent);
+}
+
+// ---- periodic: stats overlay, glass report, watchdog ----
+
+async function tick(generation) {
+  const pc = app.pc;
+  if (!pc || generation !== app.generation) return;
+  if (performance.now() - app.lastServerMessage > SERVER_SILENCE_MS && app.channel?.readyState !== "connecting") {
+    return lost("No word from the service.");
+  }
+  let report;
+  try {
+    report = await pc.getStats();
+  } catch {
+    return;
+  }
+  if (generation !== app.generation) return;
+  let inbound = null;
+  let pairId = null;
+  report.forEach((s) => {
+    if (s.type === "inbound-rtp" && s.kind === "video") inbound = s;
+    if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
+  });
+  const pair = pairId ? report.get(pairId) : null;
+  const rtt = pair?.currentRoundTripTime != null ? pair.currentRoundTripTime * 1000 : null;
+  view.setStat("stat-rtt", rtt, ms(rtt));
+
+  if (inbound) {
+    // Over the last ~2 s: at a few frames per second one tick holds too few frames to count.
+    const history = (app.prevInbound ??= []);
+    history.push({ frames: inbound.framesDecoded ?? 0, t: inbound.timestamp });
+    while (history.length > 2 && history[history.length - 1].t - history[0].t > FPS_WINDOW_MS) history.shift();
+    const first = history[0];
+    const last = history[history.length - 1];
+    if (last.t > first.t) {
+      const fps = ((last.frames - first.frames) * 1000) / (last.t - first.t);
+      view.setStat("stat-fps", fps, `${fps.toFixed(1)} fps`);
+    }
+    const codec = inbound.codecId ? report.get(inbound.codecId)?.mimeType?.replace("video/", "") : "";
+    const video = $("avatar");
+    $("video-info").textContent = `${video.videoWidth}×${video.videoHeight} ${codec ?? ""}`.trim();
+  }
+
+  if (app.mode === "camera") {
+    const glass = app.glass.median();
+    if (glass == null && app.tooSmall) {
+      view.setStat("stat-glass", null, "n/a");
+      $("stat-glass").title = "The avatar frames are too small to carry a frame id (at least 48 px wide).";
+    } else if (glass == null) view.setStat("stat-glass", null, "measuring…");
+    else {
+      view.setStat("stat-glass", glass, ms(glass));
+      $("stat-glass").title =
+        `median of the last ${app.glass.values.length} frames (${app.glass.count} measured), ` +
+        `from ${app.camera.clockFrom} to display`;
+      send({ type: "glass", ms: glass });
+    }
+  }
+}
+
+function send(message) {
+  if (app.channel?.readyState === "open") {
+    app.channel.send(JSON.stringify(message));
+    return true;
+  }
+  return false;
+}
+
+function notify(text) {
+  const node = $("notice");
+  node.textContent = text;
+  node.hidden = false;
+  clearTimeout(notify.timer);
+  notify.timer = setTimeout(() => (node.hidden = true), 6000);
+}
+
+async function control(action, value) {
+  const message = { type: "control", action };
+  if (value !== undefined) message.value = value;
+  if (send(message)) return;
+  if (!app.session) return;
+  try {
+    await api("/api/control", { action, session: app.session, value });
+  } catch (err) {
+    notify(`Control failed: ${err.message}`);
+  }
+}
+
+// ---- wiring ----
+
+function wire() {
+  if (!("requestVideoFrameCallback" in HTMLVideoElement.prototype) || !window.RTCPeerConnection) {
+    const detail = "This browser lacks WebRTC or requestVideoFrameCallback: use a current Chrome, Edge, Firefox or Safari.";
+    view.setState("error", detail);
+    return false;
+  }
+  $("retry").addEventListener("click", () => {
+    app.attempt = 0;
+    start();
+  });
+  $("calibrate").addEventListener("click", () => control("calibrate"));
+  $("pause").addEventListener("click", () => control(app.paused ? "resume" : "pause"));
+  $("background").addEventListener("change", (e) => {
+    // Put the menu back if the service refuses (e.g. "image" without a picture configured).
+    app.background.pending = app.background.value;
+    app.background.value = e.target.value;
+    control("background", e.target.value);
+    setTimeout(() => (app.background.pending = null), 3000);
+  });
+  $("codec").addEventListener("change", () => {
+    // A codec is fixed at negotiation: connect again with the new choice.
+    if (app.pc) start();
+  });
+  $("avatar").requestVideoFrameCallback(onAvatarFrame);
+  window.addEventListener("pagehide", () => {
+    teardown();
+    app.camera?.stop();
+  });
+  return true;
+}
+
+if (wire()) start();
