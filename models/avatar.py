@@ -4,8 +4,9 @@ It is a safetensors file. Tensors: the EMA generator's inference weights, the ca
 feature maps (neural texture and background) and the personal expression model. Header
 metadata (strings): format name and version, the network config, the avatar's crop, and the
 identity record (who it depicts, their consent statement, the source video's SHA-256, preset,
-steps, measured metrics). Loading reads a JSON header and raw tensors: it never unpickles
-code. `load_avatar` is the one reader and upgrades older format versions as they appear.
+steps, measured metrics). Optionally a distilled student for the CPU tier (header `student`
+with its config, tensors `student/*`; see models/student.py). Loading reads a JSON header and
+raw tensors: it never unpickles code. `load_avatar` is the one reader and upgrades older format versions as they appear.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from torch import Tensor
 from models import checkpoint as ckpt
 from models.networks import SelfieAvatarGenerator, StaticFeatures
 from models.presets import NetworkConfig, Preset
+from models.student import StudentConfig, StudentNet
 from tracking.assets import sha256_of
 from tracking.crop import Crop
 from tracking.expression import ExpressionModel
@@ -66,6 +68,8 @@ class Avatar:
     expression: ExpressionModel
     crop: Crop
     identity: Identity
+    student: StudentNet | None = None
+    """A distilled student for the CPU tier (`avatarcam distill`), when the file carries one."""
 
 
 def export(
@@ -159,7 +163,42 @@ def load_avatar(path: Path, device: str | torch.device = "cpu") -> Avatar:
     crop_fields = json.loads(header["crop"])
     crop = Crop(crop_fields["x0"], crop_fields["y0"], crop_fields["side"], int(crop_fields["size"]))
     identity = Identity(**json.loads(header["identity"]))
-    return Avatar(network, generator, expression, crop, identity)
+    student = _student(header, tensors, device)
+    return Avatar(network, generator, expression, crop, identity, student)
+
+
+def add_student(source: Path, student: StudentNet, out: Path, metrics: dict[str, float]) -> Path:
+    """Write `out`: the avatar `source` plus a distilled student and its measured metrics.
+
+    The teacher stays in the file (GPU tiers run it; the student is checked against it), and the
+    identity record is carried over unchanged apart from the student's metrics.
+    """
+    header = dict(read_header(source))
+    with safe_open(str(source), framework="pt", device="cpu") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("student/")}  # noqa: SIM118
+    tensors.update({f"student/{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()})
+    identity = json.loads(header["identity"])
+    identity["metrics"] = {**identity.get("metrics", {}), **metrics}
+    header["identity"] = json.dumps(identity)
+    header["student"] = json.dumps(student.config.to_dict())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + ".partial")
+    save_file(tensors, str(partial), metadata=header)
+    partial.replace(out)
+    return out
+
+
+def _student(header: dict[str, str], tensors: dict[str, Tensor], device: str | torch.device) -> StudentNet | None:
+    """The file's student network (optional header key `student` + tensors `student/*`)."""
+    if "student" not in header:
+        return None
+    try:
+        config = StudentConfig.from_dict(json.loads(header["student"]))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise AvatarError(f"the avatar's student record is malformed ({exc})") from exc
+    student = StudentNet(config)
+    student.load_state_dict({k.removeprefix("student/"): v for k, v in tensors.items() if k.startswith("student/")})
+    return student.eval().requires_grad_(False).to(device)
 
 
 def _tuples(fields: dict[str, Any]) -> dict[str, Any]:

@@ -53,3 +53,9 @@ def tiny_avatar(cap12: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     losses = (("mrf", 0.0), ("cos", 0.0), ("gan_g", 0.0), ("gan_d", 0.0))
     train(TrainOptions(root / "data", root / "run", preset="tiny", steps=30, device="cpu", losses=losses))
     return export(root / "run", root / "data", root / "tiny.avatar", subject="cap12 (test)", consent="MIT test data")
+
+
+@pytest.fixture(scope="session")
+def tiny_avatar_root(tiny_avatar: Path) -> Path:
+    """The tiny avatar's folder: `data/` (its prepared dataset), `run/` (its training run) and the avatar."""
+    return tiny_avatar.parent

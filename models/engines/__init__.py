@@ -11,4 +11,6 @@ from models.engines.base import ENGINES, Engine, EngineOutput, EngineUnavailable
 __all__ = ["ENGINES", "Engine", "EngineOutput", "EngineUnavailable", "create_engine", "register"]
 
 # Backends register themselves on import; importing them here keeps the registry explicit.
+from models.engines import onnx_engine as _onnx_engine  # noqa: F401
+from models.engines import tensorrt_engine as _tensorrt_engine  # noqa: F401
 from models.engines import torch_engine as _torch_engine  # noqa: F401

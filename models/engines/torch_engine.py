@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from models.avatar import Avatar
-from models.engines.base import U8, U16, EngineOutput, check_inputs, register
+from models.engines.base import U8, U16, Engine, EngineOutput, check_inputs, register
+from models.engines.inference import inference_network
 
 
 def to_inputs(uv: U16, shaded: U8, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
@@ -25,8 +26,19 @@ def to_output(image: Tensor, mask: Tensor) -> EngineOutput:
 
 
 @register("torch")
+def torch_engine(avatar: Avatar, device: str = "cpu") -> Engine:
+    """The torch backend: the float32 reference on CPU, the fp16 CUDA-graph engine on CUDA."""
+    if device.startswith("cuda"):
+        from models.engines.cuda_engine import CudaTorchEngine
+
+        return CudaTorchEngine(avatar, device)
+    return TorchEngine(avatar, device)
+
+
 class TorchEngine:
-    """Runs the avatar's generator with torch (mean temporal code, centred window)."""
+    """Runs the avatar's inference network with torch: its distilled student when the file
+    carries one, else the generator's pass with the mean temporal code and centred window
+    (styles folded into plain convolutions, `models.engines.inference.TeacherNet`)."""
 
     name = "torch"
 
@@ -34,14 +46,14 @@ class TorchEngine:
         self.device = device
         self.resolution = avatar.network.image_size
         self._device = torch.device(device)
-        self.generator = avatar.generator.to(self._device).eval()
+        self.network = inference_network(avatar).to(self._device)
 
     @torch.inference_mode()
     def __call__(self, uv: U16, shaded: U8) -> EngineOutput:
-        n = check_inputs(uv, shaded, self.resolution)
+        check_inputs(uv, shaded, self.resolution)
         uv_t, shaded_t = to_inputs(uv, shaded, self._device, torch.float32)
-        out = self.generator(uv_t, shaded_t, None, self.generator.center_window(n, self._device), noise_mode="const")
-        return to_output(out.image, out.mask)
+        image, mask = self.network(uv_t, shaded_t)
+        return to_output(image, mask)
 
     def close(self) -> None:
         pass
