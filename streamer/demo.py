@@ -31,7 +31,7 @@ def demo_config(
     the shipped avatar; the page always gets it, a virtual camera too when one exists."""
     for path in (DEMO_AVATAR, DEMO_CLIP):
         if not path.is_file():
-            raise SourceError(f"{path} is missing from this checkout; `git lfs`-free clones include it, re-clone")
+            raise SourceError(f"{path} is missing: it is committed in assets/demo/; restore it with git checkout")
     sinks: tuple[SinkSpec, ...]
     if browser_cameras:
         source, sinks = SourceSpec("webrtc", ""), (SinkSpec("webrtc"),)
