@@ -50,6 +50,3 @@ class DropQueue(Generic[T]):
         """Wake waiters; `get` raises Closed after the remaining items."""
         self._closed = True
         self._ready.set()
-
-    def __len__(self) -> int:
-        return len(self._items)

@@ -11,7 +11,7 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +100,6 @@ class ServeConfig:
 
     def resolved(self) -> ServeConfig:
         """Validated, with a generated token when one is required and none was given."""
-        from dataclasses import replace
-
         if not self.avatars:
             raise ValueError("give at least one .avatar file")
         for path in self.avatars:
@@ -154,8 +152,6 @@ class Service:
     def session_config(self, *, stamp: bool = False, background: Background | None = None) -> SessionConfig:
         compose = self.config.compose
         if background is not None:
-            from dataclasses import replace
-
             compose = replace(compose, background=background)
         return SessionConfig(self.config.backend, self.config.device, compose, stamp=stamp)
 

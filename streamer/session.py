@@ -143,8 +143,7 @@ class _Generating:
         middle = time.perf_counter()
         image: U8 = self.compositor(out.image[0], out.mask[0])
         if stamp_output and frame.tag is not None:
-            image = image.copy() if image is out.image[0] else image
-            stamp.write(image, frame.tag)
+            stamp.write(image, frame.tag)  # the engine's output is this frame's own array
         return frame.derive(image), middle - start, time.perf_counter() - middle
 
     def close(self) -> None:

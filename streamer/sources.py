@@ -148,10 +148,6 @@ class CameraSource:
         self._thread = threading.Thread(target=self._run, name=f"camera-{index}", daemon=True)
         self._thread.start()
 
-    @property
-    def dropped(self) -> int:
-        return self._slot.dropped
-
     def _run(self) -> None:
         import cv2
 

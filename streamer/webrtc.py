@@ -41,10 +41,6 @@ class AvatarTrack(MediaStreamTrack):
         self._t0: float | None = None
         self._last_pts = -1
 
-    @property
-    def dropped(self) -> int:
-        return self._slot.dropped
-
     def send(self, frame: Frame) -> bool:
         return self._slot.put(frame)
 
