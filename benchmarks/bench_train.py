@@ -1,10 +1,12 @@
 """Training step time and memory per preset, with all losses and with L1 + mask only.
 
-    .venv/bin/python benchmarks/bench_train.py [--presets tiny cpu-256] [--steps 12] [--device cpu]
+    .venv/bin/python benchmarks/bench_train.py [--presets tiny cpu-256] [--steps 12] [--device cpu] [--recipes]
 
 The L1 + mask configuration is the baseline measured in the same run: the ratio shows what
 ID-MRF (VGG19), the identity loss (FaceNet) and the GAN cost per step. Medians skip the first
-two steps (allocation, caches). Memory: peak resident set of the process so far (CPU; presets
+two steps (allocation, caches). With --recipes, cpu-256 with every loss on is also timed as the
+classic recipe (fp32, whole-frame ID-MRF and D; see bench_quality_budget.py) and as the fast
+recipe with bf16 off, beside the fast one. Memory: peak resident set of the process so far (CPU; presets
 run in order, so a later preset's figure is at least an earlier one's) or peak allocated (CUDA).
 """
 
@@ -29,8 +31,10 @@ VIDEO = Path(__file__).resolve().parents[2] / "shared" / "data" / "512" / "cap12
 QUICK = (("mrf", 0.0), ("cos", 0.0), ("gan_g", 0.0), ("gan_d", 0.0), ("r1_gamma", 0.0))
 
 
-def time_steps(data: Path, preset_name: str, steps: int, device: torch.device, losses: tuple) -> dict[str, float]:
-    preset = TrainOptions(data=data, out=data, preset=preset_name, losses=losses).resolved_preset()
+def time_steps(
+    data: Path, preset_name: str, steps: int, device: torch.device, losses: tuple, overrides: tuple = ()
+) -> dict[str, float]:
+    preset = TrainOptions(data=data, out=data, preset=preset_name, losses=losses, overrides=overrides).resolved_preset()
     frames = FrameSet(data, "train", preset.network.image_size)
     trainer = Trainer.build(preset, frames, device, seed=0, rank=0, world=1)
     if device.type == "cuda":
@@ -55,6 +59,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny", "cpu-256"])
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--recipes", action="store_true", help="also time cpu-256 as the classic and fp32 recipes")
     args = parser.parse_args()
     device = torch.device(args.device)
     report = {}
@@ -74,6 +79,13 @@ def main() -> None:
                 "baseline_l1_mask": base,
                 "ratio": round(full["ms_per_step_p50"] / base["ms_per_step_p50"], 2),
             }
+            if args.recipes and name == "cpu-256":
+                from bench_quality_budget import CLASSIC
+
+                for label, overrides in (("classic", CLASSIC), ("fast_fp32", {"train.bf16": "false"})):
+                    report[name][label] = time_steps(
+                        datasets[size], name, args.steps, device, (), tuple(overrides.items())
+                    )
     print(json.dumps({"device": args.device, "threads": torch.get_num_threads(), "presets": report}, indent=2))
 
 

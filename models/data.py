@@ -94,6 +94,17 @@ class FrameSet:
         self.background = torch.from_numpy(
             cv2.resize(_read(folder / "background.png")[..., ::-1], (size, size), interpolation=area).copy()
         ).permute(2, 0, 1)
+        self.folder = folder
+
+    def photo_texture(self) -> Tensor:
+        """[3, T, T] float in [0, 1]: the split's back-projected face (prepare's texture.png)."""
+        path = self.folder / "texture.png"
+        if not path.exists():
+            raise DatasetError(
+                f"{path} is missing (a dataset from an older avatarcam); re-run the same `avatarcam prepare` "
+                "command: it keeps the finished frames and adds the texture"
+            )
+        return torch.from_numpy(_read(path)[..., ::-1].copy()).permute(2, 0, 1).float() / 255
 
     def __len__(self) -> int:
         return len(self.source_frames)
@@ -146,3 +157,47 @@ def _shift(x: Tensor, dy: int, dx: int, mode: str) -> Tensor:
     padded = F.pad(x.unsqueeze(0), pad, mode="replicate" if mode == "replicate" else "constant").squeeze(0)
     top, left = max(-dy, 0), max(-dx, 0)
     return padded[:, top : top + h, left : left + w]
+
+
+def detail_boxes(face: Tensor, size: int, generator: torch.Generator | None = None) -> Tensor:
+    """[N, 2] long (top, left) of a size x size box per sample, centred on the face mask's centre
+    ([N, 1, H, W], > 0 on the face) with a random shift of up to a quarter of the box, inside
+    the image. Samples without a face get a random box."""
+    n, _, h, w = face.shape
+    on = face[:, 0] > 0  # [N, H, W]
+    ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
+    xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+    count = on.sum(dim=(1, 2)).float()
+    centre_y = torch.where(count > 0, (on * ys).sum(dim=(1, 2)) / count.clamp(min=1), torch.full_like(count, h / 2))
+    centre_x = torch.where(count > 0, (on * xs).sum(dim=(1, 2)) / count.clamp(min=1), torch.full_like(count, w / 2))
+    jitter = (torch.rand(n, 2, generator=generator) * 2 - 1) * (size / 4)
+    top = (centre_y.cpu() - size / 2 + jitter[:, 0]).round().long().clamp(0, h - size)
+    left = (centre_x.cpu() - size / 2 + jitter[:, 1]).round().long().clamp(0, w - size)
+    return torch.stack([top, left], dim=1)
+
+
+def cut(x: Tensor, boxes: Tensor, size: int) -> Tensor:
+    """[N, C, H, W] -> [N, C, size, size]: each sample's box (top, left) from `detail_boxes`."""
+    return torch.stack([x[i, :, t : t + size, s : s + size] for i, (t, s) in enumerate(boxes.tolist())])
+
+
+def face_crops(images: Tensor, face: Tensor, size: int, margin: float = 0.1) -> Tensor:
+    """[N, C, H, W] -> [N, C, size, size]: a square around each sample's face mask ([N, 1, H, W],
+    > 0 on the face) with `margin` of its side added on every side, resized. This is the crop an
+    identity network expects (FaceNet: the face plus about 10 %); a sample without a face gets
+    the whole image."""
+    out = []
+    h, w = images.shape[-2:]
+    for image, mask in zip(images, face[:, 0] > 0, strict=True):
+        rows, cols = torch.nonzero(mask.any(dim=1))[:, 0], torch.nonzero(mask.any(dim=0))[:, 0]
+        if rows.numel() == 0:
+            crop = image
+        else:
+            top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            side = min(round(max(bottom - top, right - left) * (1 + 2 * margin)), h, w)
+            cy, cx = (top + bottom) // 2, (left + right) // 2
+            y0 = min(max(cy - side // 2, 0), h - side)
+            x0 = min(max(cx - side // 2, 0), w - side)
+            crop = image[:, y0 : y0 + side, x0 : x0 + side]
+        out.append(F.interpolate(crop[None], size=(size, size), mode="bilinear", align_corners=False, antialias=True))
+    return torch.cat(out)

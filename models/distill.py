@@ -203,7 +203,7 @@ def distill(teacher_avatar: Avatar, train: FrameSet, options: DistillOptions, lo
     torch.manual_seed(options.seed)
     teacher = TeacherNet(teacher_avatar.generator).eval()
     targets = build_targets(teacher, train, options, log)
-    student = StudentNet.for_teacher(teacher.texture, teacher.size, options.widths)
+    student = StudentNet.for_teacher(teacher.texture, teacher.size, options.widths, rgb_skip=teacher.rgb_skip)
     student.start_from_mean(
         targets.image.float().mean(dim=0, keepdim=True) / 127.5 - 1,
         targets.mask.float().mean(dim=0, keepdim=True) / 255,

@@ -72,6 +72,8 @@ class EvaluateOptions:
         calibrate_frame: cross-reenactment: use this driver frame as the neutral instead.
         network: which network of the file to evaluate: "auto" (the student when the file has
             one, as engines run it), "teacher" or "student".
+        baselines: also measure the mean training frame and the nearest training frame by head
+            pose + expression on the same frames (self-reenactment of the test split).
     """
 
     source: Path
@@ -90,6 +92,7 @@ class EvaluateOptions:
     calibrate_seconds: float = 1.0
     calibrate_frame: int | None = None
     network: str = "auto"
+    baselines: bool = True
 
     def validate(self) -> None:
         if not self.source.exists():
@@ -164,6 +167,8 @@ class Frames:
     uv: U16
     shaded: U8
     boxes: F32
+    expression: F32 | None = None
+    """[N, 58] head pose (7) + blendshapes (51) of the real frames, when the tracking is known."""
 
 
 def _imread(path: Path) -> npt.NDArray[Any]:
@@ -189,6 +194,7 @@ def split_frames(data: Path, split: str, limit: int | None, size: int, batch: in
         raise EvaluateError(f"{data} has no '{split}' split; prepare it with --test-video or --test-fraction > 0")
     with np.load(tracking) as arrays:
         frames, landmarks, crop = arrays["frame"], arrays["landmarks"], arrays["crop"]
+        expression = pose_and_expression(arrays)
     picks = evenly_spaced(len(frames), limit)
     boxes = face_boxes(landmarks[picks]) * np.float32(size / float(crop[3]))
 
@@ -203,6 +209,7 @@ def split_frames(data: Path, split: str, limit: int | None, size: int, batch: in
                 uv=np.stack([_fit(_imread(folder / "uv" / n)[..., ::-1], size, nearest=True) for n in names]),
                 shaded=np.stack([_fit(_imread(folder / "render" / n)[..., ::-1], size) for n in names]),
                 boxes=boxes[start : start + batch],
+                expression=expression[chunk],
             )
 
     return len(picks), batches()
@@ -261,6 +268,50 @@ def video_frames(video: Path, limit: int | None, size: int, batch: int) -> tuple
     return len(picks), batches()
 
 
+# ---------------------------------------------------------------------------------- baselines
+
+BASELINE_METRICS = ("psnr", "ssim", "lpips")
+BASELINE_STRIDE = 2  # every second training frame is a candidate of the nearest-frame baseline
+
+
+def pose_and_expression(arrays: Any) -> F32:
+    """[N, 58] per-frame head pose (7) and blendshapes without `_neutral` (51) from a tracking.npz."""
+    return np.concatenate([arrays["pose"], arrays["blendshapes"][:, 1:]], axis=1).astype(np.float32)
+
+
+class Baselines:
+    """The trivial answers an avatar must beat, from the training split, on the same frames:
+    the mean training frame (a constant image) and the training frame nearest in head pose and
+    expression (a lookup table). Both are non-parametric: nothing is trained."""
+
+    NAMES = ("mean_frame", "nearest_frame")
+
+    def __init__(self, data: Path, size: int) -> None:
+        folder = data / "train"
+        with np.load(folder / "tracking.npz") as arrays:
+            names = [f"{int(i):06d}.png" for i in arrays["frame"]][::BASELINE_STRIDE]
+            features = pose_and_expression(arrays)[::BASELINE_STRIDE]
+        self.frames = np.stack([_fit(_imread(folder / "frames" / n)[..., ::-1], size) for n in names])
+        self.mean = self.frames.mean(axis=0).round().astype(np.uint8)
+        # Standardised features; the 7 pose values weigh as much in total as the 51 blendshapes.
+        self.centre, self.scale = features.mean(axis=0), features.std(axis=0) + 1e-6
+        self.weights = np.ones(features.shape[1], dtype=np.float32)
+        self.weights[:7] = np.sqrt((features.shape[1] - 7) / 7)
+        self.features = self._standardise(features)
+
+    def _standardise(self, features: F32) -> F32:
+        return np.asarray((features - self.centre) / self.scale * self.weights, dtype=np.float32)
+
+    def __call__(self, name: str, frames: Frames) -> U8:
+        """The baseline's images [N, H, W, 3] for `frames`."""
+        if name == "mean_frame":
+            return np.broadcast_to(self.mean, frames.real.shape).copy()
+        assert frames.expression is not None
+        query = self._standardise(frames.expression)
+        distance = ((query[:, None, :] - self.features[None]) ** 2).sum(axis=-1)  # [N, M]
+        return self.frames[distance.argmin(axis=1)]
+
+
 # ---------------------------------------------------------------------------------- self
 
 
@@ -275,42 +326,85 @@ def _masked(images: U8, person: U8) -> U8:
 
 
 def evaluate_self(
-    engine: Engine, count: int, batches: Iterator[Frames], options: EvaluateOptions, report: ReportWriter
-) -> tuple[dict[Region, dict[str, float]], dict[str, list[float]], list[int]]:
+    engine: Engine,
+    count: int,
+    batches: Iterator[Frames],
+    options: EvaluateOptions,
+    report: ReportWriter,
+    baselines: Baselines | None = None,
+) -> tuple[
+    dict[Region, dict[str, float]], dict[str, list[float]], list[int], dict[str, dict[Region, dict[str, float]]]
+]:
     """Run the avatar on held-out frames and measure it: ({region: {metric: value}}, per-frame
-    values keyed 'metric' or 'masked_metric', source frame numbers)."""
+    values keyed 'metric' or 'masked_metric', source frame numbers, and the baselines' results
+    {baseline: {region: {metric: value}}} measured on the same frames)."""
     device = torch.device(options.device)
     metrics: dict[Region, dict[str, Metric]] = {
         region: {name: create_metric(name, options.weights, device) for name in options.metrics}
         for region in options.regions
     }
+    baseline_names = [m for m in options.metrics if m in BASELINE_METRICS] if baselines is not None else []
+    baseline_metrics: dict[str, dict[Region, dict[str, Metric]]] = {
+        b: {
+            region: {name: create_metric(name, options.weights, device) for name in baseline_names}
+            for region in options.regions
+        }
+        for b in (Baselines.NAMES if baseline_names else ())
+    }
     per_frame: dict[str, list[float]] = {}
     frames: list[int] = []
     position = 0
+
+    def measure(by_name: dict[str, Metric], region: Region, fake_u8: U8, b: Frames) -> dict[str, list[float]]:
+        if region == "masked":
+            fake_u8 = _masked(fake_u8, b.person)
+        real_u8 = b.real if region == "full" else _masked(b.real, b.person)
+        fake, real, boxes = _tensor(fake_u8), _tensor(real_u8), torch.from_numpy(b.boxes)
+        got = {name: metric.update(fake, real, boxes) for name, metric in by_name.items()}
+        return {name: v.tolist() for name, v in got.items() if v is not None}
+
     with tqdm(total=count, desc="evaluate", unit="frame") as bar:
         for b in batches:
             out = engine(b.uv, b.shaded)
             values: dict[str, list[float]] = {}
             for region, by_name in metrics.items():
-                fake_u8 = out.image if region == "full" else _masked(out.image, b.person)
-                real_u8 = b.real if region == "full" else _masked(b.real, b.person)
-                fake, real, boxes = _tensor(fake_u8), _tensor(real_u8), torch.from_numpy(b.boxes)
-                for name, metric in by_name.items():
-                    got = metric.update(fake, real, boxes)
-                    if got is not None:
-                        key = name if region == options.regions[0] else f"{region}_{name}"
-                        values[key] = got.tolist()
+                for name, v in measure(by_name, region, out.image, b).items():
+                    values[name if region == options.regions[0] else f"{region}_{name}"] = v
+            for baseline, by_region in baseline_metrics.items():
+                assert baselines is not None
+                images = baselines(baseline, b)
+                for region, by_name in by_region.items():
+                    measure(by_name, region, images, b)
             for i, frame in enumerate(b.index):
                 row = {k: v[i] for k, v in values.items()}
-                for k, v in row.items():
-                    per_frame.setdefault(k, []).append(v)
+                for k, value in row.items():
+                    per_frame.setdefault(k, []).append(value)
                 tiles = [b.real[i], out.image[i], error_map(out.image[i], b.real[i])]
                 report.add(position, frame, tiles, row)
                 frames.append(frame)
                 position += 1
             bar.update(len(b.index))
     results = {region: {name: m.result() for name, m in by_name.items()} for region, by_name in metrics.items()}
-    return results, per_frame, frames
+    baseline_results = {
+        baseline: {region: {name: m.result() for name, m in by_name.items()} for region, by_name in by_region.items()}
+        for baseline, by_region in baseline_metrics.items()
+    }
+    return results, per_frame, frames, baseline_results
+
+
+def beats_baselines(
+    results: dict[Region, dict[str, float]], baselines: dict[str, dict[Region, dict[str, float]]]
+) -> dict[str, dict[str, bool]]:
+    """{region: {metric: whether the avatar is better than every baseline}}."""
+    lower_is_better = {"lpips", "fid"}
+    out: dict[str, dict[str, bool]] = {}
+    for region, values in results.items():
+        for name, value in values.items():
+            others = [b[region][name] for b in baselines.values() if name in b.get(region, {})]
+            if others:
+                better = all(value < o if name in lower_is_better else value > o for o in others)
+                out.setdefault(region, {})[name] = better
+    return out
 
 
 # ---------------------------------------------------------------------------------- cross
@@ -434,7 +528,34 @@ def evaluate_cross(
         results.update(_centred_errors(driver_track, output_track))
     else:
         results.update({"aed_centred": None, "apd_centred": None})
+    results.update(expression_correlations(driver_track, output_track))
     return results, per_frame, frames
+
+
+FOLLOWED = {"jawOpen": ("jawOpen",), "eyeBlink": ("eyeBlinkLeft", "eyeBlinkRight")}
+"""Expressions whose following is reported as a correlation: the mouth opening and the blinks
+(both eyes averaged, so a mirrored pairing of left and right cannot matter)."""
+
+
+def expression_correlations(
+    driver: list[tuple[F32, npt.NDArray[np.float64]]], output: list[tuple[F32, npt.NDArray[np.float64]]]
+) -> dict[str, float | None]:
+    """Pearson correlation over frames between the driver's and the re-tracked output's jawOpen
+    and eyeBlink: 1 when the avatar opens its mouth and blinks with the driver. None when fewer
+    than 3 frames were compared or either side never moves."""
+    from tracking.tracker import BLENDSHAPE_NAMES
+
+    out: dict[str, float | None] = {}
+    for key, names in FOLLOWED.items():
+        columns = [BLENDSHAPE_NAMES.index(n) for n in names]
+        if len(output) < 3:
+            out[f"{key}_correlation"] = None
+            continue
+        d = np.stack([b[columns].mean() for b, _ in driver])
+        o = np.stack([b[columns].mean() for b, _ in output])
+        valid = d.std() > 1e-6 and o.std() > 1e-6
+        out[f"{key}_correlation"] = float(np.corrcoef(d, o)[0, 1]) if valid else None
+    return out
 
 
 def _angle_diff(a: npt.NDArray[np.float64], b: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -531,11 +652,17 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
                 higher_is_better=rank_by in ("psnr", "ssim", "csim"),
                 worst=options.worst,
             )
-            by_region, per_frame, frames = evaluate_self(engine, count, batches, options, report)
+            baselines = Baselines(options.data, size) if options.video is None and options.baselines else None
+            by_region, per_frame, frames, baseline_results = evaluate_self(
+                engine, count, batches, options, report, baselines
+            )
             first = options.regions[0]
             summary = {"mode": "self", "region": first, **by_region[first], "frames": len(frames)}
             for region in options.regions[1:]:
                 summary[region] = by_region[region]
+            if baseline_results:
+                summary["baselines"] = baseline_results
+                summary["beats_baselines"] = beats_baselines(by_region, baseline_results)
             summary["evaluated_on"] = source
     finally:
         engine.close()

@@ -231,6 +231,58 @@ class StyleUNet(nn.Module):
         return self.synthesize(x, self.style(code), noise_mode)
 
 
+class LaplacianPyramid(nn.Module):
+    """A directly optimised feature map stored as a Laplacian pyramid (Deferred Neural Rendering).
+
+    The map is the sum of `levels` learned images, each at half the side of the one before,
+    upsampled to full size. Every texel gets gradient from the first step, and the coarse levels
+    let one gradient move a whole region, so a texture fills in far faster than through the
+    weights of a generator. forward() -> [1, channels, size, size].
+    """
+
+    def __init__(self, channels: int, size: int, levels: int) -> None:
+        super().__init__()
+        self.size = size
+        sides = [size >> k for k in range(levels) if size >> k >= 4]
+        self.levels = nn.ParameterList(nn.Parameter(torch.zeros(1, channels, s, s)) for s in sides)
+
+    def forward(self) -> Tensor:
+        out: Tensor = self.levels[0]
+        for level in self.levels[1:]:
+            out = out + F.interpolate(level, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return out
+
+    @torch.no_grad()
+    def seed(self, image: Tensor) -> None:
+        """Set the first image.shape[1] channels to `image` [1, k, size, size]: a Laplacian
+        decomposition of it, so the coarse levels start with its low frequencies."""
+        k = image.shape[1]
+        current = image.to(self.levels[0])
+        for i, level in enumerate(self.levels):
+            if i + 1 < len(self.levels):
+                coarse = F.interpolate(current, size=self.levels[i + 1].shape[-2:], mode="area")
+                up = F.interpolate(coarse, size=current.shape[-2:], mode="bilinear", align_corners=False)
+                level[:, :k] = current - up
+                current = coarse
+            else:
+                level[:, :k] = current
+        # Each level is upsampled straight to full size in forward(), not level by level, so
+        # correct the finest level for the difference between the two reconstructions.
+        self.levels[0][:, :k] += image.to(self.levels[0]) - self()[:, :k]
+
+
+def zero_outputs(module: nn.Module, channels: slice = slice(None)) -> None:
+    """Zero the weights of every ToRGB of `module` for the given output channels, so the network
+    starts by adding nothing there and learns a residual (the zero-initialised last layer of
+    Fixup): at step 0 the image is exactly the seeded features, and unlike a zero gain, the
+    layer's own weights get gradient at once."""
+    with torch.no_grad():
+        for m in module.modules():
+            if isinstance(m, ToRGB):
+                m.conv.weight[channels] = 0
+                m.bias[channels] = 0
+
+
 @dataclass(frozen=True)
 class StaticFeatures:
     """The outputs of the two static generators."""
@@ -288,12 +340,25 @@ class SelfieAvatarGenerator(nn.Module):
             mapping_layers=config.mapping_layers,
             mapping_lr_mul=config.mapping_lr_mul,
         )
+        self.texture_direct: LaplacianPyramid | None = None
+        self.background_direct: LaplacianPyramid | None = None
+        if config.direct_levels > 0:
+            self.texture_direct = LaplacianPyramid(c, config.texture_size, config.direct_levels)
+            self.background_direct = LaplacianPyramid(c, config.canvas_size, config.direct_levels)
+            zero_outputs(self.texture_generator)  # G_f / G_b start at 0 beside their direct pyramids
+            zero_outputs(self.background_generator)
         self.foreground_unet = _style_unet(config, 6, c + 1)  # S_1: [I_R, I_UV] -> features, m_fg
         self.image_unet = _style_unet(config, c, 3 + 1)  # S_2: features -> I_A, I_FM
+        if config.rgb_skip:
+            if c < 3:
+                raise ValueError("rgb_skip needs feature_channels >= 3")
+            zero_outputs(self.image_unet, slice(0, 3))
         # Per-frame temporal codes; N(0, 1) like z, learned with the networks.
         self.frame_codes = nn.Embedding(num_frames, config.latent_dim)
         nn.init.normal_(self.frame_codes.weight)
         self._static_cache: StaticFeatures | None = None
+        self._generated_cache: StaticFeatures | None = None
+        self._generated_key: tuple[int, ...] = ()
         self._static_key: tuple[int, ...] = ()
 
     # ---- static generators -------------------------------------------------------------------
@@ -302,9 +367,49 @@ class SelfieAvatarGenerator(nn.Module):
         """G_f and G_b, the parts `freeze_static` freezes."""
         return [self.texture_generator, self.background_generator]
 
+    def direct_modules(self) -> list[nn.Module]:
+        """The direct pyramids: static too, but trained all run long (they are cheap)."""
+        if self.texture_direct is None or self.background_direct is None:
+            return []
+        return [self.texture_direct, self.background_direct]
+
     def compute_static(self) -> StaticFeatures:
-        """Runs G_f and G_b (with a graph when grad is enabled)."""
-        return StaticFeatures(self.texture_generator(), self.background_generator())
+        """Runs G_f and G_b (with a graph when grad is enabled and they are not frozen), plus the
+        direct pyramids. Once G_f and G_b are frozen their scaled outputs are cached."""
+        if self.texture_direct is None or self.background_direct is None:
+            return StaticFeatures(self.texture_generator(), self.background_generator())
+        if self.static_frozen:
+            generated = self._generated()
+        else:
+            generated = StaticFeatures(self.texture_generator(), self.background_generator())
+        return StaticFeatures(
+            generated.texture + self.texture_direct(), generated.background + self.background_direct()
+        )
+
+    def _generated(self) -> StaticFeatures:
+        """G_f and G_b's outputs without a graph, recomputed only when their weights change."""
+        key = self._static_version(direct=False)
+        if self._generated_cache is None or key != self._generated_key:
+            with torch.no_grad():
+                self._generated_cache = StaticFeatures(self.texture_generator(), self.background_generator())
+            self._generated_key = key
+        return self._generated_cache
+
+    def seed_static(self, texture_rgb: Tensor | None, background_rgb: Tensor | None) -> None:
+        """Start the direct pyramids' RGB channels from a photo texture [3, T', T'] and a
+        background image [3, H, W] in [0, 1] (resized to the texture and canvas sides; the
+        canvas's margin repeats the image's border)."""
+        if self.texture_direct is None or self.background_direct is None:
+            raise ValueError("seeding needs network.direct_levels > 0")
+        cfg = self.config
+        if texture_rgb is not None:
+            t = F.interpolate(texture_rgb[None].float(), size=(cfg.texture_size,) * 2, mode="area")
+            self.texture_direct.seed(t * 2 - 1)
+        if background_rgb is not None:
+            b = F.interpolate(background_rgb[None].float(), size=(cfg.image_size,) * 2, mode="area")
+            pad = (cfg.canvas_size - cfg.image_size) // 2
+            extra = cfg.canvas_size - cfg.image_size - pad
+            self.background_direct.seed(F.pad(b, (pad, extra, pad, extra), mode="replicate") * 2 - 1)
 
     def static_features(self) -> StaticFeatures:
         """G_f and G_b's outputs, recomputed only when their weights changed.
@@ -340,9 +445,9 @@ class SelfieAvatarGenerator(nn.Module):
         """True when no parameter of G_f / G_b requires grad."""
         return not any(p.requires_grad for m in self.static_modules() for p in m.parameters())
 
-    def _static_version(self) -> tuple[int, ...]:
+    def _static_version(self, direct: bool = True) -> tuple[int, ...]:
         key: list[int] = []
-        for module in self.static_modules():
+        for module in [*self.static_modules(), *(self.direct_modules() if direct else [])]:
             for t in [*module.parameters(), *module.buffers()]:
                 key += [t.data_ptr(), t._version]
         return tuple(key)
@@ -384,7 +489,8 @@ class SelfieAvatarGenerator(nn.Module):
         c = cfg.feature_channels
         assert_shape(uv, [n, 3, h, h], "uv")
         assert_shape(shaded, [n, 3, h, h], "shaded")
-        static = self.compute_static() if torch.is_grad_enabled() and not self.static_frozen else self.static_features()
+        trains_static = not self.static_frozen or bool(self.direct_modules())
+        static = self.compute_static() if torch.is_grad_enabled() and trains_static else self.static_features()
         code = self.codes(frame, n)  # [N, latent_dim]
 
         face_mask = (uv[:, 2:3] > 0).to(uv.dtype)  # [N, 1, H, W]
@@ -399,8 +505,11 @@ class SelfieAvatarGenerator(nn.Module):
         features = foreground * person + (1 - foreground) * background  # [N, C, H, W]
 
         out = self.image_unet(features, code, noise_mode)  # [N, 4, H, W]
+        image = out[:, :3]
+        if self.config.rgb_skip:
+            image = rgb_residual(image, face_mask, face_features, background)
         return GeneratorOutput(
-            image=out[:, :3],
+            image=image,
             mask=torch.sigmoid(out[:, 3:]),
             foreground=foreground,
             face_mask=face_mask,
@@ -412,6 +521,13 @@ class SelfieAvatarGenerator(nn.Module):
         """[N, 2] offsets of the centred crop, the window used when none is given."""
         offset = (self.config.canvas_size - self.config.image_size) // 2
         return torch.full((batch, 2), offset, dtype=torch.long, device=device)
+
+
+def rgb_residual(residual: Tensor, face_mask: Tensor, face: Tensor, background: Tensor) -> Tensor:
+    """I_A with network.rgb_skip: S_2's residual over an RGB base, the texture's RGB on the face
+    and the canvas's RGB elsewhere. residual [N, 3, H, W], face_mask [N, 1, H, W], face and
+    background features [N, C, H, W] -> [N, 3, H, W]."""
+    return residual + face_mask * face[:, :3] + (1 - face_mask) * background[:, :3]
 
 
 def _style_unet(config: NetworkConfig, in_channels: int, out_channels: int) -> StyleUNet:
@@ -481,9 +597,9 @@ class Discriminator(nn.Module):
     conditioning, not only whether the image looks real.
     """
 
-    def __init__(self, config: NetworkConfig) -> None:
+    def __init__(self, config: NetworkConfig, size: int = 0) -> None:
         super().__init__()
-        self.size = config.image_size
+        self.size = size or config.image_size  # a smaller size judges full-resolution crops
         base, doublings = split_resolution(self.size)
 
         def ch(resolution: int) -> int:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.data import Batch
+from models.data import Batch, cut, face_crops
 from models.losses import (
     IDMRFLoss,
     discriminator_gan_loss,
@@ -25,6 +25,9 @@ from models.losses import (
 )
 from models.networks import GeneratorOutput
 from models.presets import LossConfig
+
+FACE_CROP = 160
+"""Side of the face crops the identity network sees (FaceNet's input size)."""
 
 
 @dataclass(frozen=True)
@@ -74,28 +77,44 @@ class TrainingLosses:
             else None
         )
 
-    def generator(self, out: GeneratorOutput, batch: Batch, fake_logits: Tensor) -> LossTerms:
+    def generator(
+        self,
+        out: GeneratorOutput,
+        batch: Batch,
+        fake_logits: Tensor | None,  # None: no GAN term this step
+        boxes: Tensor | None = None,  # [N, 2] detail crops (top, left) for ID-MRF; None: whole frames
+        crop: int = 0,
+        detail: float = 1.0,  # weight multiplier of ID-MRF and the GAN term (the warm-up)
+    ) -> LossTerms:
         c = self.config
-        fake = (out.image + 1) / 2  # [N, 3, H, W] in [0, 1] nominally
+        fake = (out.image.float() + 1) / 2  # [N, 3, H, W] in [0, 1] nominally
         real = batch.image
         parts: dict[str, Tensor] = {}
         if c.l1 > 0:
             parts["l1"] = c.l1 * _masked_mae(fake, real, batch.valid)
         if c.mask > 0:
-            parts["mask"] = c.mask * _masked_mae(out.mask, batch.person, batch.valid)
-        if self.mrf is not None:
-            parts["mrf"] = c.mrf * self.mrf(out.mask * fake, batch.person * real)
+            parts["mask"] = c.mask * _masked_mae(out.mask.float(), batch.person, batch.valid)
+        if self.mrf is not None and detail > 0:
+            pred, target = out.mask.float() * fake, batch.person * real
+            if boxes is not None:
+                pred, target = cut(pred, boxes, crop), cut(target, boxes, crop)
+            parts["mrf"] = detail * c.mrf * self.mrf(pred, target)
         if self.facenet is not None:
+            # On face crops, as the identity network was trained, and with the generated person
+            # over the real background: on whole frames its gradient also reaches the
+            # background, as an adversarial pattern the avatar then paints there.
+            face = batch.uv[:, 2:3]
+            person = fake.clamp(0, 1) * batch.person + real * (1 - batch.person)
             with torch.no_grad():
-                target = self.facenet(real)
-            parts["cos"] = c.cos * identity_loss(self.facenet(fake.clamp(0, 1)), target)
+                target = self.facenet(face_crops(real, face, FACE_CROP))
+            parts["cos"] = c.cos * identity_loss(self.facenet(face_crops(person, face, FACE_CROP)), target)
         if c.perceptual > 0 and self.vgg is not None:
             with torch.no_grad():
                 target_features = self.vgg(real)
             parts["perceptual"] = c.perceptual * perceptual_loss(self.vgg(fake), target_features, c.perceptual_layers)
-        if c.gan_g > 0:
-            parts["gan"] = c.gan_g * generator_gan_loss(fake_logits)
-        total = torch.stack(list(parts.values())).sum()
+        if c.gan_g > 0 and fake_logits is not None:
+            parts["gan"] = detail * c.gan_g * generator_gan_loss(fake_logits)
+        total = torch.stack([p.float() for p in parts.values()]).sum()
         return LossTerms(total, parts)
 
     def discriminator(self, real_logits: Tensor, fake_logits: Tensor) -> Tensor:

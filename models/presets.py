@@ -8,6 +8,7 @@ config must fail, not silently train something else.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -65,9 +66,19 @@ class NetworkConfig:
     """Learning-rate multiplier of the mapping networks (StyleGAN2's value)."""
     mbstd_group: int = 4
     """Discriminator minibatch-std group size (shrinks to a divisor of the batch)."""
+    direct_levels: int = 0
+    """Levels of the directly optimised Laplacian pyramids (Deferred Neural Rendering) added to
+    G_f's texture and G_b's canvas, so every texel gets gradient from the first step; 0: off."""
+    rgb_skip: bool = False
+    """S_2 predicts a residual over the first three feature channels, which hold RGB (the photo
+    texture on the face, the background plate behind): the image is right at step 0 where the
+    features are, and the network learns what the features cannot say."""
 
     def __post_init__(self) -> None:
-        _require_positive(self, [f.name for f in dataclasses.fields(self) if f.type == "int"])
+        counts = [f.name for f in dataclasses.fields(self) if f.type == "int" and f.name != "direct_levels"]
+        _require_positive(self, counts)
+        if self.direct_levels < 0:
+            raise ValueError(f"direct_levels must be >= 0, got {self.direct_levels}")
         if self.canvas_size < self.image_size:
             raise ValueError(f"canvas_size {self.canvas_size} must be >= image_size {self.image_size}")
         ratio = self.image_size // self.unet_min_res
@@ -160,6 +171,28 @@ class TrainConfig:
     """Max global gradient norm; StyleAvatar clips gradients, this value is our choice."""
     sliding_window: bool = True
     """Train on random image_size crops of the canvas_size canvas (off: always the centre)."""
+    photo_texture: bool = False
+    """Seed the RGB channels of the direct texture with the dataset's photo texture and those of
+    the direct canvas with its background plate (needs network.direct_levels > 0)."""
+    detail_crop: int = 0
+    """Side of the full-resolution crops, around the face, that ID-MRF and the discriminator see
+    (0: whole frames, shrunk to loss.vgg_size for VGG19)."""
+    bf16: bool = False
+    """bfloat16 autocast for the forward passes (CPUs with AVX512-BF16 / AMX, and GPUs)."""
+    detail_warmup_fraction: float = 0.0
+    """The detail losses (ID-MRF and both GAN terms) ramp in linearly over this first fraction of
+    the run, so colour and geometry settle under L1 before texture is pushed; 0: on from step 0."""
+    person_gan: bool = False
+    """The discriminator sees the person only: real frames times their person mask, generated
+    ones times the predicted mask I_FM (as ID-MRF does), so it never drives background texture."""
+    freeze_static_fraction: float = 0.0
+    """With a time budget (--minutes), freeze G_f / G_b after this fraction of it (0: use
+    freeze_static_after steps, converted at the measured step rate)."""
+    lr_decay_fraction: float = 0.0
+    """The last fraction of the run (steps or budget) over which the learning rates decay
+    (cosine) to lr_final_ratio of their value; 0: constant learning rates."""
+    lr_final_ratio: float = 0.1
+    """Learning rate at the end of the decay, relative to the start."""
 
     def __post_init__(self) -> None:
         _require_positive(self, ["batch_size", "steps", "ema_half_life_images"])
@@ -169,6 +202,26 @@ class TrainConfig:
             raise ValueError("learning rates and grad_clip must be > 0")
         if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
             raise ValueError(f"adam_betas must be two values in [0, 1), got {self.adam_betas}")
+        for name in ("freeze_static_fraction", "lr_decay_fraction", "lr_final_ratio", "detail_warmup_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if self.detail_crop < 0:
+            raise ValueError(f"detail_crop must be >= 0, got {self.detail_crop}")
+
+    def detail_scale(self, progress: float) -> float:
+        """Weight multiplier of the detail losses at `progress` in [0, 1]."""
+        if self.detail_warmup_fraction <= 0:
+            return 1.0
+        return min(progress / self.detail_warmup_fraction, 1.0)
+
+    def lr_scale(self, progress: float) -> float:
+        """Learning-rate multiplier at `progress` in [0, 1] of the run: 1, then a cosine decay
+        to lr_final_ratio over the last lr_decay_fraction."""
+        start = 1 - self.lr_decay_fraction
+        if self.lr_decay_fraction <= 0 or progress <= start:
+            return 1.0
+        t = min((progress - start) / self.lr_decay_fraction, 1.0)
+        return self.lr_final_ratio + (1 - self.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
     ema_rampup: float = 0.05
     """Early in training the EMA half-life is at most this fraction of the images seen so far
@@ -311,8 +364,22 @@ _CPU_256 = Preset(
         unet_min_res=16,
         disc_channel_base=2048,
         disc_channel_max=256,
+        direct_levels=4,
+        rgb_skip=True,
     ),
-    train=TrainConfig(batch_size=2, steps=30_000, freeze_static_after=10_000, ema_half_life_images=2_000),
+    train=TrainConfig(
+        batch_size=2,
+        steps=30_000,
+        freeze_static_after=10_000,
+        ema_half_life_images=2_000,
+        photo_texture=True,
+        detail_crop=128,
+        bf16=True,
+        freeze_static_fraction=0.3,
+        lr_decay_fraction=0.3,
+        detail_warmup_fraction=0.2,
+        person_gan=True,
+    ),
     loss=LossConfig(vgg_size=128),
 )
 """256 px with narrow networks: trains overnight on two CPU cores and runs in the CPU tier."""
@@ -333,8 +400,22 @@ _256 = Preset(
         unet_min_res=8,
         disc_channel_base=16384,
         disc_channel_max=512,
+        direct_levels=4,
+        rgb_skip=True,
     ),
-    train=TrainConfig(batch_size=8, steps=50_000, freeze_static_after=10_000, ema_half_life_images=10_000),
+    train=TrainConfig(
+        batch_size=8,
+        steps=50_000,
+        freeze_static_after=10_000,
+        ema_half_life_images=10_000,
+        photo_texture=True,
+        detail_crop=128,
+        bf16=True,
+        freeze_static_fraction=0.3,
+        lr_decay_fraction=0.3,
+        detail_warmup_fraction=0.2,
+        person_gan=True,
+    ),
 )
 """GPU, StyleAvatar-like widths at 256 px."""
 
@@ -354,8 +435,22 @@ _512 = Preset(
         unet_min_res=8,
         disc_channel_base=16384,
         disc_channel_max=512,
+        direct_levels=4,
+        rgb_skip=True,
     ),
-    train=TrainConfig(batch_size=4, steps=100_000, freeze_static_after=10_000, ema_half_life_images=10_000),
+    train=TrainConfig(
+        batch_size=4,
+        steps=100_000,
+        freeze_static_after=10_000,
+        ema_half_life_images=10_000,
+        photo_texture=True,
+        detail_crop=256,
+        bf16=True,
+        freeze_static_fraction=0.3,
+        lr_decay_fraction=0.3,
+        detail_warmup_fraction=0.2,
+        person_gan=True,
+    ),
 )
 """GPU, StyleAvatar-like widths at 512 px (the data's native size)."""
 

@@ -41,12 +41,16 @@ class StudentConfig:
         texture_channels: C of the teacher's neural texture fed as face features (0: none).
         texture_size: T, the side of that texture.
         widths: channels at H/2, H/4, ... (one entry per level; the last is the bottleneck).
+        rgb_skip: as the teacher's network.rgb_skip: the network predicts a residual over an RGB
+            base, the texture's first three channels looked up at full resolution on the face
+            and the backdrop elsewhere, so face detail never passes through half resolution.
     """
 
     image_size: int
     texture_channels: int
     texture_size: int
     widths: tuple[int, ...] = (16, 24, 32, 48, 64)
+    rgb_skip: bool = False
 
     def __post_init__(self) -> None:
         if len(self.widths) < 2 or min(self.widths) < 1:
@@ -55,6 +59,8 @@ class StudentConfig:
             raise ValueError(f"image_size {self.image_size} must be divisible by 2**{len(self.widths)}")
         if self.texture_channels < 0 or self.texture_size < 1:
             raise ValueError("texture_channels must be >= 0 and texture_size >= 1")
+        if self.rgb_skip and self.texture_channels < 3:
+            raise ValueError("rgb_skip needs a texture with at least 3 channels")
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -62,11 +68,13 @@ class StudentConfig:
             "texture_channels": self.texture_channels,
             "texture_size": self.texture_size,
             "widths": list(self.widths),
+            "rgb_skip": self.rgb_skip,
         }
 
     @staticmethod
     def from_dict(fields: dict[str, object]) -> StudentConfig:
-        known = {"image_size", "texture_channels", "texture_size", "widths"}
+        known = {"image_size", "texture_channels", "texture_size", "widths", "rgb_skip"}
+        fields = {"rgb_skip": False, **fields}  # files written before rgb_skip existed
         if set(fields) != known:
             raise ValueError(f"student config keys {sorted(fields)} != {sorted(known)}")
         widths = fields["widths"]
@@ -77,6 +85,7 @@ class StudentConfig:
             int(str(fields["texture_channels"])),
             int(str(fields["texture_size"])),
             tuple(int(w) for w in widths),
+            bool(fields["rgb_skip"]),
         )
 
 
@@ -141,7 +150,11 @@ class StudentNet(nn.Module):
             x = self.fuse[i](self.lateral[i](upsample2x(x)) + skips[i])
         out = self.head(x) + self.backdrop  # [N, 4, H, W]
         assert_shape(out, [n, 4, h, h], "student output")
-        return out[:, :3], torch.sigmoid(out[:, 3:])
+        image = out[:, :3]
+        if self.config.rgb_skip:
+            face = (uv[:, 2:3] > 0).to(uv.dtype)  # [N, 1, H, W]
+            image = image + face * (lookup_texels(self.texture[:, :3], uv) - self.backdrop[:, :3])
+        return image, torch.sigmoid(out[:, 3:])
 
     def start_from_mean(self, image: Tensor, mask: Tensor) -> None:
         """Set the backdrop to a mean image [1, 3, H, W] in [-1, 1] and mean mask [1, 1, H, W]."""
@@ -150,9 +163,11 @@ class StudentNet(nn.Module):
             self.backdrop[:, 3:] = torch.logit(mask.clamp(0.02, 0.98))
 
     @staticmethod
-    def for_teacher(texture: Tensor, image_size: int, widths: tuple[int, ...] | None = None) -> StudentNet:
+    def for_teacher(
+        texture: Tensor, image_size: int, widths: tuple[int, ...] | None = None, rgb_skip: bool = False
+    ) -> StudentNet:
         """A fresh student whose face features start as the teacher's texture [1, C, T, T]."""
-        config = StudentConfig(image_size, texture.shape[1], texture.shape[-1])
+        config = StudentConfig(image_size, texture.shape[1], texture.shape[-1], rgb_skip=rgb_skip)
         student = StudentNet(replace(config, widths=widths) if widths else config)
         with torch.no_grad():
             student.texture.copy_(texture)

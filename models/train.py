@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from models import checkpoint as ckpt
-from models.data import Batch, FrameSet
+from models.data import Batch, FrameSet, cut, detail_boxes
 from models.networks import Discriminator, SelfieAvatarGenerator
 from models.objective import LossTerms, TrainingLosses
 from models.presets import Preset, get_preset
@@ -53,6 +53,9 @@ class TrainOptions:
         sample_every: steps between sample grids and TensorBoard images.
         max_frames: use only the first N training frames (quick runs).
         losses: override loss weights, e.g. {"cos": 0} for an ablation.
+        minutes: a wall-clock budget; the schedule (learning-rate decay, freezing G_f / G_b)
+            follows the fraction of it used, and the run stops once it is spent. Overrides steps.
+        overrides: preset fields as (section.field, JSON value), e.g. ("network.rgb_skip", "false").
     """
 
     data: Path
@@ -67,9 +70,11 @@ class TrainOptions:
     sample_every: int = 250
     max_frames: int | None = None
     losses: tuple[tuple[str, float], ...] = ()
+    minutes: float | None = None
+    overrides: tuple[tuple[str, str], ...] = ()
 
     def resolved_preset(self) -> Preset:
-        preset = get_preset(self.preset)
+        preset = override_preset(get_preset(self.preset), self.overrides)
         train = preset.train
         if self.steps is not None:
             train = replace(train, steps=self.steps)
@@ -86,8 +91,31 @@ class TrainOptions:
         return replace(preset, train=train, loss=loss)
 
 
+DIRECT_BETAS = (0.9, 0.99)
+"""Adam betas of the directly optimised pyramids (the networks keep the preset's, β1 = 0)."""
+
+
 class TrainError(RuntimeError):
     """Training cannot start; the message says what to do."""
+
+
+def override_preset(preset: Preset, overrides: tuple[tuple[str, str], ...]) -> Preset:
+    """`preset` with ("network.rgb_skip", "false")-style overrides, validated like a preset file."""
+    if not overrides:
+        return preset
+    data = preset.to_dict()
+    for key, raw in overrides:
+        section, _, name = key.partition(".")
+        if section not in ("network", "train", "loss") or name not in data[section]:
+            raise TrainError(f"--set {key}: not a preset field; see `avatarcam train --dry-run` for the fields")
+        try:
+            data[section][name] = json.loads(raw)
+        except json.JSONDecodeError:
+            raise TrainError(f"--set {key}={raw}: the value must be JSON (true, 0.5, 128, ...)") from None
+    try:
+        return Preset.from_dict(data)
+    except ValueError as e:
+        raise TrainError(f"--set: {e}") from None
 
 
 def _device(name: str) -> torch.device:
@@ -115,18 +143,37 @@ class Trainer:
     step: int = 0
     rank: int = 0
     world: int = 1
+    progress: float = 0.0
+    """Fraction of the run done, in [0, 1]: of the steps, or of the time budget."""
 
     @staticmethod
     def build(preset: Preset, frames: FrameSet, device: torch.device, seed: int, rank: int, world: int) -> Trainer:
         torch.manual_seed(seed)
         net = preset.network
-        generator = SelfieAvatarGenerator(net, num_frames=len(frames)).to(device)
-        discriminator = Discriminator(net).to(device)
+        generator = SelfieAvatarGenerator(net, num_frames=len(frames))
+        if preset.train.photo_texture:
+            # The canvas starts as the mean training frame rather than the person-free plate: with
+            # rgb_skip it is the image wherever the face mesh is not, and the mean frame already
+            # holds the average hair, neck and shoulders there.
+            generator.seed_static(
+                frames.photo_texture(), frames.image.sum(dim=0, dtype=torch.float32) / (255 * len(frames))
+            )
+        generator = generator.to(device)
+        discriminator = Discriminator(net, preset.train.detail_crop).to(device)
         ema = copy.deepcopy(generator).eval().requires_grad_(False)
         t = preset.train
         r1 = preset.loss.r1_interval
         d_ratio = r1 / (r1 + 1) if preset.loss.r1_gamma > 0 else 1.0  # lazy-regularization correction
-        opt_g = torch.optim.Adam(generator.parameters(), lr=t.lr_g, betas=t.adam_betas)
+        direct = {id(p) for m in generator.direct_modules() for p in m.parameters()}
+        groups: list[dict[str, Any]] = [{"params": [p for p in generator.parameters() if id(p) not in direct]}]
+        if direct:
+            # The direct pyramids are images, not a GAN generator: with β1 = 0 each texel steps by
+            # the learning rate in the sign of every noisy gradient (ID-MRF, GAN) and random-walks
+            # into a crumpled pattern; momentum averages that noise out.
+            groups.append(
+                {"params": [p for m in generator.direct_modules() for p in m.parameters()], "betas": DIRECT_BETAS}
+            )
+        opt_g = torch.optim.Adam(groups, lr=t.lr_g, betas=t.adam_betas)
         opt_d = torch.optim.Adam(
             discriminator.parameters(), lr=t.lr_d * d_ratio, betas=tuple(b**d_ratio for b in t.adam_betas)
         )
@@ -144,15 +191,38 @@ class Trainer:
         return {"g": self.opt_g, "d": self.opt_d}
 
     def save(self, run: Path, extra: dict[str, Any]) -> Path:
-        meta = {"preset": self.preset.to_dict(), "num_frames": len(self.frames), **extra}
+        meta = {"preset": self.preset.to_dict(), "num_frames": len(self.frames), "progress": self.progress, **extra}
         return ckpt.save(run, self.step, self.modules(), self.optimizers(), meta)
 
     def restore(self, path: Path) -> None:
         loaded = ckpt.load(path)
         ckpt.restore(loaded, self.modules(), self.optimizers())
         self.step = loaded.step
-        if self.step >= self.preset.train.freeze_static_after:
+        self.progress = float(loaded.meta.get("progress", 0.0))
+        if self.should_freeze():
             self.generator.freeze_static()
+
+    def should_freeze(self) -> bool:
+        """G_f / G_b freeze at freeze_static_fraction of the run when set, else at freeze_static_after steps."""
+        t = self.preset.train
+        if t.freeze_static_fraction > 0:
+            return self.progress >= t.freeze_static_fraction
+        return self.step >= t.freeze_static_after
+
+    def set_progress(self, progress: float) -> None:
+        """Advance the schedule: learning rates and the freezing of G_f / G_b follow `progress`."""
+        self.progress = min(max(progress, 0.0), 1.0)
+        t = self.preset.train
+        scale = t.lr_scale(self.progress)
+        for opt, lr in ((self.opt_g, t.lr_g), (self.opt_d, t.lr_d * self._d_ratio())):
+            for group in opt.param_groups:
+                group["lr"] = lr * scale
+        if not self.generator.static_frozen and self.should_freeze():
+            self.generator.freeze_static()
+
+    def _d_ratio(self) -> float:
+        r1 = self.preset.loss.r1_interval
+        return r1 / (r1 + 1) if self.preset.loss.r1_gamma > 0 else 1.0
 
     # ------------------------------------------------------------------ one step
 
@@ -164,24 +234,52 @@ class Trainer:
         canvas = self.preset.network.canvas_size
         return self.frames.batch(picks, canvas, self.device, g, random_window=self.preset.train.sliding_window)
 
-    def _discriminator_step(self, batch: Batch, real: Tensor) -> dict[str, float]:
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.preset.train.bf16)
+
+    def _boxes(self, batch: Batch) -> Tensor | None:
+        """This step's detail crops (train.detail_crop): around each face, seeded by (seed, step)."""
+        size = self.preset.train.detail_crop
+        if size <= 0:
+            return None
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.step + 7_777_777)
+        return detail_boxes(batch.uv[:, 2:3], size, g)
+
+    @property
+    def detail(self) -> float:
+        """This step's weight multiplier of the detail losses (ID-MRF, GAN): the warm-up."""
+        return self.preset.train.detail_scale(self.progress)
+
+    def _gan_view(self, image: Tensor, mask: Tensor) -> Tensor:
+        """What D sees of an image in [-1, 1]: all of it, or with train.person_gan the person only
+        (the background set to 0, mid-grey)."""
+        return image * mask if self.preset.train.person_gan else image
+
+    def _crop(self, x: Tensor, boxes: Tensor | None) -> Tensor:
+        return x if boxes is None else cut(x, boxes, self.preset.train.detail_crop)
+
+    def _discriminator_step(self, batch: Batch, real: Tensor, boxes: Tensor | None) -> dict[str, float]:
         """Non-saturating D loss, plus R1 every `r1_interval` steps (lazy regularization).
 
         D takes two forward passes on R1 steps, which DistributedDataParallel's one forward,
         one backward contract does not allow; across processes its gradients are averaged here.
+        With detail crops D judges full-resolution crops around the face, not whole frames.
         """
         d_module = self.discriminator
         loss_cfg = self.preset.loss
         logs: dict[str, float] = {}
         self.discriminator.requires_grad_(True)
-        with torch.no_grad():
-            fake = self.generator(batch.uv, batch.shaded, batch.frame, batch.window).image
-        d_loss = self.losses.discriminator(d_module(real, batch.shaded), d_module(fake, batch.shaded))
+        shaded, real = self._crop(batch.shaded, boxes), self._crop(self._gan_view(real, batch.person), boxes)
+        with torch.no_grad(), self._autocast():
+            out = self.generator(batch.uv, batch.shaded, batch.frame, batch.window)
+            fake = self._crop(self._gan_view(out.image, out.mask), boxes)
+        with self._autocast():
+            d_loss = self.detail * self.losses.discriminator(d_module(real, shaded), d_module(fake.float(), shaded))
         self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
+        d_loss.float().backward()
         if loss_cfg.r1_gamma > 0 and self.step % loss_cfg.r1_interval == 0:
             real_r1 = real.detach().requires_grad_(True)
-            penalty = self.losses.r1(d_module(real_r1, batch.shaded), real_r1) * loss_cfg.r1_interval
+            penalty = self.losses.r1(d_module(real_r1, shaded), real_r1) * loss_cfg.r1_interval
             penalty.backward()
             logs["r1"] = penalty.item()
         if self.world > 1:
@@ -198,19 +296,32 @@ class Trainer:
         """One D and one G update. `g_module` is the generator, or its DDP wrapper."""
         torch.manual_seed(self.seed * 1_000_003 + self.step * 101 + self.rank)  # noise inputs: resumable
         batch = self._batch()
+        boxes = self._boxes(batch)
         real = batch.image * 2 - 1
         loss_cfg = self.preset.loss
         logs: dict[str, float] = {}
 
-        if loss_cfg.gan_g > 0 or loss_cfg.gan_d > 0:
-            logs.update(self._discriminator_step(batch, real))
+        detail = self.detail
+        gan = (loss_cfg.gan_g > 0 or loss_cfg.gan_d > 0) and detail > 0
+        if gan:
+            logs.update(self._discriminator_step(batch, real, boxes))
 
         # Generator.
         self.discriminator.requires_grad_(False)
-        out = g_module(batch.uv, batch.shaded, batch.frame, batch.window)
-        terms: LossTerms = self.losses.generator(out, batch, self.discriminator(out.image, batch.shaded))
+        with self._autocast():
+            out = g_module(batch.uv, batch.shaded, batch.frame, batch.window)
+            fake_logits = (
+                self.discriminator(
+                    self._crop(self._gan_view(out.image, out.mask), boxes), self._crop(batch.shaded, boxes)
+                )
+                if gan
+                else None
+            )
+            terms: LossTerms = self.losses.generator(
+                out, batch, fake_logits, boxes, self.preset.train.detail_crop, detail
+            )
         self.opt_g.zero_grad(set_to_none=True)
-        terms.total.backward()
+        terms.total.float().backward()
         nn.utils.clip_grad_norm_(self.generator.parameters(), self.preset.train.grad_clip)
         self.opt_g.step()
         logs.update({k: v.item() for k, v in terms.parts.items()})
@@ -218,7 +329,7 @@ class Trainer:
 
         self._update_ema()
         self.step += 1
-        if self.step == self.preset.train.freeze_static_after:
+        if self.preset.train.freeze_static_fraction <= 0 and self.step == self.preset.train.freeze_static_after:
             self.generator.freeze_static()
         return logs
 
@@ -243,6 +354,18 @@ class Trainer:
         tiles = [batch.image, fake, mask, batch.shaded, batch.uv]
         rows = torch.cat([torch.cat(list(t), dim=2) for t in zip(*tiles, strict=True)], dim=1)  # [3, H*n, W*5]
         return (rows.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def budget_seconds(options: TrainOptions, resumed: Path | None) -> float | None:
+    """The run's time budget in seconds: --minutes, or on --resume the budget it was started with."""
+    if options.minutes is not None:
+        if options.minutes <= 0:
+            raise TrainError(f"--minutes must be > 0, got {options.minutes}")
+        return options.minutes * 60
+    if resumed is not None:
+        minutes = json.loads((resumed / "meta.json").read_text()).get("options", {}).get("minutes")
+        return float(minutes) * 60 if minutes else None
+    return None
 
 
 def _distributed() -> tuple[int, int]:
@@ -294,31 +417,50 @@ def run(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str, 
             log("tensorboard is not installed: scalars go to logs/scalars.jsonl only (pip install tensorboard)")
 
     total = preset.train.steps
+    budget = budget_seconds(options, existing if options.resume else None)
+    spent = float(trainer.progress * budget) if budget else 0.0  # seconds of the budget already used
     began, start_step = time.perf_counter(), trainer.step
-    bar = tqdm(total=total, initial=trainer.step, desc="train", unit="step", disable=rank != 0, dynamic_ncols=True)
+    if budget:  # the bar counts seconds of the budget, so its ETA is the budget's end
+        bar = tqdm(total=round(budget), initial=round(spent), desc="train", unit="s", disable=rank != 0)
+    else:
+        bar = tqdm(total=total, initial=trainer.step, desc="train", unit="step", disable=rank != 0)
     scalars = (run_dir / "logs" / "scalars.jsonl") if rank == 0 else None
     if scalars is not None:
         scalars.parent.mkdir(parents=True, exist_ok=True)
     logs: dict[str, float] = {}
-    while trainer.step < total:
+
+    def used() -> float:
+        """Seconds of the budget spent, agreed by every rank (rank 0's clock)."""
+        seconds = torch.tensor([spent + time.perf_counter() - began], dtype=torch.float64)
+        if world > 1:
+            dist.broadcast(seconds, 0)
+        return float(seconds.item())
+
+    trainer.set_progress(used() / budget if budget else trainer.step / total)
+    while (trainer.progress < 1.0) if budget else (trainer.step < total):
         logs = trainer.train_step(g_module)
         if not all(math.isfinite(v) for v in logs.values()):
             raise TrainError(f"step {trainer.step}: a loss is not finite ({logs}); lower the learning rate or resume")
-        bar.update()
+        trainer.set_progress(used() / budget if budget else trainer.step / total)
+        finished = trainer.progress >= 1.0 if budget else trainer.step == total
+        if budget:
+            bar.update(min(round(trainer.progress * budget), round(budget)) - bar.n)
+        else:
+            bar.update()
         if rank != 0:
             continue
-        bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items() if k in ("g", "d", "l1", "mask")})
+        bar.set_postfix({"step": trainer.step, **{k: f"{v:.3f}" for k, v in logs.items() if k in ("g", "d", "l1")}})
         with scalars.open("a") as f:  # type: ignore[union-attr]
-            f.write(json.dumps({"step": trainer.step, **logs}) + "\n")
+            f.write(json.dumps({"step": trainer.step, "progress": round(trainer.progress, 5), **logs}) + "\n")
         if writer is not None:
             for key, value in logs.items():
                 writer.add_scalar(f"loss/{key}", value, trainer.step)
-        if trainer.step % options.sample_every == 0 or trainer.step == total:
+        if trainer.step % options.sample_every == 0 or finished:
             grid = trainer.sample_grid()
             cv2.imwrite(str(run_dir / "samples" / f"step-{trainer.step:07d}.png"), grid[..., ::-1])
             if writer is not None:
                 writer.add_image("samples", grid, trainer.step, dataformats="HWC")
-        if trainer.step % options.checkpoint_every == 0 or trainer.step == total:
+        if trainer.step % options.checkpoint_every == 0 or finished:
             trainer.save(run_dir, {"options": json.loads(json.dumps(asdict(options), default=str))})
     bar.close()
     if writer is not None:
@@ -332,6 +474,8 @@ def run(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str, 
         "steps_run": done,
         "seconds": seconds,
         "seconds_per_step": seconds / max(done, 1),
+        "progress": trainer.progress,
+        "budget_minutes": budget / 60 if budget else None,
         "last_losses": logs,
         "checkpoint": str(ckpt.latest(run_dir)) if rank == 0 else None,
     }

@@ -13,6 +13,7 @@ Layout of DATA (all images size x size):
         render/NNNNNN.png  texture rendering, 8-bit RGB
         tracking.npz       per-frame tracking of the written frames (crop pixels)
         background.png     the background without the person
+        texture.png        train only: the person's face back-projected into UV space (tracking/texture.py)
 
 Two passes per video: (1) decode and track every frame (MediaPipe in VIDEO mode is sequential)
 and pick one stable crop from all of them; (2) decode again and crop, segment, render and
@@ -44,6 +45,7 @@ from tracking.crop import Crop, portrait_crop
 from tracking.expression import ExpressionModel
 from tracking.mesh import CanonicalMesh, load_canonical_mesh
 from tracking.render import FaceRenderer
+from tracking.texture import back_project
 from tracking.tracker import BLENDSHAPE_NAMES, FaceTrack, FaceTracker, face_size
 from tracking.video import VideoInfo, probe, read_frames
 
@@ -306,6 +308,29 @@ def write_split(split: Split, root: Path, worker: _Worker, config: PrepareConfig
     return background
 
 
+def write_photo_texture(folder: Path, names: list[str], size: int, stride: int = 2) -> None:
+    """Back-project every `stride`-th written frame of a split into `folder`/texture.png."""
+    picked = names[::stride]
+
+    def read(kind: str, name: str, flags: int) -> npt.NDArray[Any]:
+        image = cv2.imread(str(folder / kind / name), flags)
+        if image is None:
+            raise PrepareError(f"{folder / kind / name} is unreadable; delete it and re-run prepare to rewrite it")
+        return np.asarray(image)
+
+    frames = np.stack([read("frames", n, cv2.IMREAD_COLOR)[..., ::-1] for n in picked])
+    uv = np.stack([read("uv", n, cv2.IMREAD_UNCHANGED)[..., ::-1] for n in picked])
+    masks = np.stack([read("mask", n, cv2.IMREAD_GRAYSCALE) for n in picked])
+    texture = back_project(
+        torch.from_numpy(frames).permute(0, 3, 1, 2),
+        torch.from_numpy(uv.astype(np.float32) / 65535).permute(0, 3, 1, 2),
+        torch.from_numpy(masks)[:, None],
+        size,
+    )
+    rgb = (texture.rgb * 255).round().byte().permute(1, 2, 0).numpy()
+    _write_png(folder / "texture.png", np.ascontiguousarray(rgb[..., ::-1]))
+
+
 def _drain(pending: list[Future[tuple[U8, U8]]], limit: int) -> list[Future[tuple[U8, U8]]]:
     """Wait for the oldest futures until at most `limit` are in flight; surface their errors."""
     while len(pending) > limit:
@@ -487,6 +512,9 @@ def run(config: PrepareConfig) -> dict[str, Any]:
             write_split(split, root, worker, config)
     finally:
         worker.close()
+    start = time.perf_counter()
+    write_photo_texture(root / splits[0].name, [f"{i:06d}.png" for i in splits[0].frames], config.size)
+    watch.add("texture", start)
 
     from tracking.report import contact_sheet, tracking_plot
 

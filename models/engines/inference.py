@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from models.avatar import Avatar
 from models.layers import ModulatedConv2d, assert_shape, downsample2x, upsample2x
-from models.networks import SelfieAvatarGenerator, StyleUNet, sample_texture
+from models.networks import SelfieAvatarGenerator, StyleUNet, rgb_residual, sample_texture
 
 
 class FoldedConv(nn.Module):
@@ -92,6 +92,7 @@ class TeacherNet(nn.Module):
         self.register_buffer("background", background.detach().clone())  # [1, C, H, W]
         self.register_buffer("w_fg", w1)  # [1, w_dim]
         self.register_buffer("w_img", w2)  # [1, w_dim]
+        self.rgb_skip = cfg.rgb_skip
         self.texture: Tensor
         self.background: Tensor
         self.w_fg: Tensor
@@ -108,9 +109,13 @@ class TeacherNet(nn.Module):
         fg = self.foreground_unet.synthesize(conditioning, self.w_fg.expand(n, -1), "const")  # [N, C + 1, H, W]
         foreground = face_mask + (1 - face_mask) * torch.sigmoid(fg[:, c:])
         person = face_mask * face + (1 - face_mask) * fg[:, :c]
-        features = foreground * person + (1 - foreground) * self.background.to(uv.dtype)
+        background = self.background.to(uv.dtype)
+        features = foreground * person + (1 - foreground) * background
         out = self.image_unet.synthesize(features, self.w_img.expand(n, -1), "const")  # [N, 4, H, W]
-        return out[:, :3], torch.sigmoid(out[:, 3:])
+        image = out[:, :3]
+        if self.rgb_skip:
+            image = rgb_residual(image, face_mask, face, background)
+        return image, torch.sigmoid(out[:, 3:])
 
 
 def inference_network(avatar: Avatar) -> nn.Module:
