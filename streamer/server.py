@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import signal
@@ -21,18 +20,31 @@ from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
 
-from streamer.service import RequestError, ServeConfig, Service
+from streamer.security import (
+    OPERATOR_COOKIE,
+    VIEWER_COOKIE,
+    AccessPolicy,
+    Role,
+    local_addresses,
+    loopback_names,
+    self_signed,
+    server_context,
+)
+from streamer.service import OPERATOR_ONLY, RequestError, ServeConfig, Service
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024  # bytes; an SDP offer is a few kB
 FEED_PERIOD = 0.5  # seconds between dashboard snapshots and per-peer stats
-COOKIE = "avatarcam_token"
+COOKIE = VIEWER_COOKIE
+OPERATOR_ROUTES = ("/dashboard", "/api/control")
+ROLE = web.RequestKey("role", Role)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"error": message}, status=status)
+def _error(status: int, message: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 class Server:
@@ -41,6 +53,9 @@ class Server:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config.resolved()
+        assert self.config.operator_token is not None
+        hosts = loopback_names(self.config.host) | {h.lower() for h in self.config.allowed_hosts}
+        self.policy = AccessPolicy(self.config.token, self.config.operator_token, hosts)
         self.service = Service(self.config)
         self.should_exit = asyncio.Event()
         self.port = 0
@@ -71,7 +86,7 @@ class Server:
             app.router.add_static("/static", web_root)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self._tls())
         await site.start()
         server = site._server
         assert server is not None
@@ -79,11 +94,34 @@ class Server:
         self._feed = asyncio.get_running_loop().create_task(self._push_feed(), name="feed")
         return self.port
 
+    def _tls(self) -> Any:
+        config = self.config
+        if config.tls_cert is not None and config.tls_key is not None:
+            return server_context(config.tls_cert, config.tls_key)
+        if config.tls_self_signed:
+            names = loopback_names(config.host) | set(config.allowed_hosts) | {"127.0.0.1", "localhost"}
+            if config.host in ("0.0.0.0", "::", ""):  # every address of this machine
+                names |= set(local_addresses())
+            names -= {"0.0.0.0", "::", ""}
+            cert, key = self_signed(sorted(names))
+            log.info("TLS: self-signed certificate %s (names: %s)", cert, ", ".join(names))
+            return server_context(cert, key)
+        return None
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{'https' if self.config.tls else 'http'}://{host}:{self.port}"
+
     @property
     def url(self) -> str:
-        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
         query = f"?token={self.config.token}" if self.config.token else ""
-        return f"http://{host}:{self.port}/{query}"
+        return f"{self.origin}/{query}"
+
+    @property
+    def operator_url(self) -> str:
+        """The dashboard with the operator credential."""
+        return f"{self.origin}/dashboard?token={self.config.operator_token}"
 
     async def main_loop(self) -> None:
         """Run until asked to exit, or until a non-looping shared source ends."""
@@ -133,7 +171,7 @@ class Server:
             return await handler(request)
         except RequestError as exc:
             log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-            return _error(exc.status, str(exc))
+            return _error(exc.status, str(exc), exc.retry_after)
         except web.HTTPRequestEntityTooLarge:
             log.warning("%s %s: body over %d bytes", request.method, request.path, MAX_BODY)
             return _error(413, f"request body over {MAX_BODY} bytes")
@@ -142,15 +180,15 @@ class Server:
                 return _error(exc.status, exc.reason)
             raise
 
-    def _token_ok(self, request: web.Request) -> bool:
-        token = self.config.token
-        if token is None:
-            return True
-        given = request.query.get("token") or request.cookies.get(COOKIE, "")
+    def _role(self, request: web.Request) -> Role:
         auth = request.headers.get("Authorization", "")
-        if auth.startswith("Bearer "):
-            given = auth.removeprefix("Bearer ")
-        return hmac.compare_digest(given.encode(), token.encode())
+        given = [
+            request.query.get("token", ""),
+            auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else "",
+            request.cookies.get(COOKIE, ""),
+            request.cookies.get(OPERATOR_COOKIE, ""),
+        ]
+        return self.policy.role(given)
 
     def _origin_ok(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -162,16 +200,28 @@ class Server:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Without a token, a DNS-rebinding page reaches the port under its own host name: the
+        # Host header is the only thing that tells it apart, so it is checked on every route.
+        if not self.policy.host_ok(request.headers.get("Host")):
+            log.warning("refused %s %s for Host %r", request.method, request.path, request.headers.get("Host"))
+            return _error(403, "host not allowed: open 127.0.0.1 or localhost, or start avatarcam with --allowed-host")
         if request.path == "/healthz":
             return await handler(request)
-        if not self._token_ok(request):
+        role = self._role(request)
+        if role is Role.NONE:
             return _error(401, "missing or wrong access token: open the URL avatarcam serve printed")
         if (request.method != "GET" or request.path == "/ws") and not self._origin_ok(request):
             log.warning("refused %s %s from origin %s", request.method, request.path, request.headers["Origin"])
             return _error(403, "origin not allowed")
+        if request.path in OPERATOR_ROUTES and role is not Role.OPERATOR:
+            return _error(403, OPERATOR_ONLY)
+        request[ROLE] = role
         response = await handler(request)
-        if self.config.token and request.query.get("token"):
-            response.set_cookie(COOKIE, self.config.token, httponly=True, samesite="Strict")
+        given = request.query.get("token")
+        if given and role is Role.OPERATOR:
+            response.set_cookie(OPERATOR_COOKIE, given, httponly=True, samesite="Strict", secure=self.config.tls)
+        elif given and self.config.token:
+            response.set_cookie(COOKIE, self.config.token, httponly=True, samesite="Strict", secure=self.config.tls)
         return response
 
     # ---- routes --------------------------------------------------------------------------------
@@ -188,16 +238,18 @@ class Server:
     async def _json(self, request: web.Request) -> Any:
         try:
             return await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
             raise RequestError(400, "the body is not valid JSON") from None
 
     async def _offer(self, request: web.Request) -> web.Response:
         body = await self._json(request)
-        answer = await self.service.offer(body, request.remote or "unknown")
+        operator = request.get(ROLE) is Role.OPERATOR
+        answer = await self.service.offer(body, request.remote or "unknown", operator=operator)
         return web.json_response(answer)
 
     async def _info(self, request: web.Request) -> web.Response:
-        return web.json_response(self.service.info())
+        role = request.get(ROLE, Role.VIEWER)
+        return web.json_response({**self.service.info(), "role": role.name.lower()})
 
     async def _sessions(self, request: web.Request) -> web.Response:
         return web.json_response({"sessions": [s.snapshot() for s in self.service.sessions()]})
@@ -216,6 +268,7 @@ class Server:
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=10, max_msg_size=64 * 1024)
+        operator = request.get(ROLE) is Role.OPERATOR
         await ws.prepare(request)
         self._sockets.add(ws)
         await ws.send_str(json.dumps(self.service.snapshot()))
@@ -227,9 +280,11 @@ class Server:
                     data = json.loads(message.data)
                     if not isinstance(data, dict) or data.get("type") != "control":
                         raise RequestError(400, 'send {"type": "control", "action": ...}')
+                    if not operator:
+                        raise RequestError(403, OPERATOR_ONLY)
                     reply = await self.service.control(data.get("action"), data.get("session"), data.get("value"))
                     reply = {"type": "control", **reply}
-                except (ValueError, RequestError) as exc:
+                except (ValueError, RecursionError, RequestError) as exc:
                     reply = {"type": "error", "error": str(exc)}
                 await ws.send_str(json.dumps(reply))
         finally:
@@ -247,6 +302,7 @@ async def serve(config: ServeConfig) -> None:
     try:
         await server.startup()
         print(f"avatarcam: serving on {server.url}", flush=True)
+        print(f"avatarcam: operator dashboard on {server.operator_url}", flush=True)
         if server.config.token and config.token is None:
             print("avatarcam: bound beyond localhost; the token above is required", file=sys.stderr, flush=True)
         await server.main_loop()

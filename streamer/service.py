@@ -7,8 +7,10 @@ operations serve the HTTP API, the websocket and the data channels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import secrets
 import time
 from dataclasses import dataclass, field, replace
@@ -20,12 +22,15 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.contrib.media import MediaBlackhole
 
 from models.engines import ENGINES
+from streamer.capacity import Capacity, time_encoder
 from streamer.clock import Clock, MonotonicClock
 from streamer.compose import Background, ComposeConfig
+from streamer.engine_pool import EnginePool
 from streamer.metrics import Metrics
 from streamer.session import AvatarEntry, AvatarSession, SessionConfig
 from streamer.sinks import FileSink, NullSink, SinkError, SinkSpec, VirtualCamSink
 from streamer.sources import SourceSpec, TrackSource, open_source
+from streamer.watermark import is_demo_identity
 from streamer.webrtc import CODECS, AvatarTrack, prefer_codec, set_bitrate
 
 log = logging.getLogger(__name__)
@@ -36,11 +41,16 @@ class ServeError(RuntimeError):
 
 
 class RequestError(Exception):
-    """A client request the service refuses; `status` is the HTTP status to answer with."""
+    """A client request the service refuses; `status` is the HTTP status to answer with,
+    `retry_after` (seconds) goes into a Retry-After header."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
+
+
+OPERATOR_ONLY = "this needs the operator credential: open the dashboard URL avatarcam serve printed"
 
 
 @dataclass(frozen=True)
@@ -60,9 +70,22 @@ class ServeConfig:
         token: access token for page, API and signaling; required when host is not loopback
             (None there: one is generated and printed).
         allowed_origins: extra browser origins allowed besides the server's own.
+        operator_token: the operator's credential (dashboard, /api/control, control over /ws and
+            over a shared session's data channel); None: one is generated and printed.
+        allowed_hosts: host names accepted in the Host header besides the loopback address and
+            localhost, when there is no token (DNS-rebinding guard).
         max_sessions: concurrent WebRTC peers.
+        max_per_client: WebRTC peers, connecting or connected, one client address may hold.
+        connect_timeout: seconds a peer has after the answer to get connected (ICE and DTLS)
+            before it is closed and its slot freed.
+        admission: "capacity" refuses a peer the measured costs say cannot be served at `fps`
+            (503 + Retry-After); "limit" admits up to max_sessions.
+        cpu_budget: cores the capacity model may fill (None: the cores this process may use).
+        tls_cert, tls_key: serve https with this certificate and key (PEM).
+        tls_self_signed: serve https with a self-signed certificate made into the cache.
         offers_per_minute: signaling requests allowed per client address per minute.
         ice_servers: STUN/TURN URLs for peers behind NAT (none by default: no third party).
+        ice_username, ice_credential: the TURN servers' long-term credential.
         bitrate: starting video bitrate of WebRTC senders, bits/s.
         codec: default WebRTC codec (vp8 or h264); a page can ask for the other.
         virtualcam_backend: a pyvirtualcam backend name (None: the platform's).
@@ -84,9 +107,20 @@ class ServeConfig:
     badge_required: bool = False
     token: str | None = None
     allowed_origins: tuple[str, ...] = ()
+    operator_token: str | None = None
+    allowed_hosts: tuple[str, ...] = ()
     max_sessions: int = 4
+    max_per_client: int = 2
+    connect_timeout: float = 10.0
+    admission: str = "capacity"
+    cpu_budget: float | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_self_signed: bool = False
     offers_per_minute: int = 30
     ice_servers: tuple[str, ...] = ()
+    ice_username: str | None = None
+    ice_credential: str | None = None
     bitrate: int = 1_000_000
     codec: str = "vp8"
     virtualcam_backend: str | None = None
@@ -111,10 +145,35 @@ class ServeConfig:
             raise ValueError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
         if self.max_sessions < 1 or self.offers_per_minute < 1 or self.bitrate < 50_000 or self.fps < 0:
             raise ValueError("max_sessions and offers_per_minute must be >= 1, bitrate >= 50000, fps >= 0")
+        if self.max_per_client < 1 or self.connect_timeout <= 0:
+            raise ValueError("max_per_client must be >= 1 and connect_timeout > 0")
+        if self.admission not in ("capacity", "limit"):
+            raise ValueError(f"admission must be capacity or limit, got {self.admission!r}")
+        if self.cpu_budget is not None and self.cpu_budget <= 0:
+            raise ValueError("cpu_budget must be > 0 cores")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("give --tls-cert and --tls-key together")
+        if self.tls_cert is not None and self.tls_self_signed:
+            raise ValueError("give either --tls-cert/--tls-key or --tls-self-signed, not both")
+        for tls_file in (self.tls_cert, self.tls_key):
+            if tls_file is not None and not tls_file.is_file():
+                raise ValueError(f"TLS file {tls_file} does not exist")
+        for name in self.allowed_hosts:
+            if not name or any(c in name for c in ":/ "):
+                raise ValueError(f"--allowed-host takes a host name without port or scheme, got {name!r}")
+        if self.token is not None and self.operator_token == self.token:
+            raise ValueError("the operator token must differ from the viewer token")
         self.compose.validate()
+        resolved = self
         if self.token is None and not self.loopback:
-            return replace(self, token=secrets.token_urlsafe(24))
-        return self
+            resolved = replace(resolved, token=secrets.token_urlsafe(24))
+        if self.operator_token is None:
+            resolved = replace(resolved, operator_token=secrets.token_urlsafe(24))
+        return resolved
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None or self.tls_self_signed
 
 
 @dataclass
@@ -127,6 +186,10 @@ class Peer:
     session: AvatarSession | None = None  # its own session (webrtc source) or None (shared)
     channel: Any = None
     blackhole: MediaBlackhole | None = None
+    client: str = "unknown"
+    operator: bool = False  # the offer came with the operator credential
+    connected: bool = False
+    watchdog: asyncio.Task[None] | None = None
 
 
 class Service:
@@ -142,6 +205,10 @@ class Service:
         self.started = time.monotonic()
         self._offers: dict[str, list[float]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.engines = EnginePool()
+        self.capacity = Capacity(
+            config.cpu_budget or float(_usable_cores()), config.fps or 30.0, gpu=config.device.startswith("cuda")
+        )
         self._process = psutil.Process()
         self._process.cpu_percent()  # the first call only sets the baseline
 
@@ -153,7 +220,7 @@ class Service:
         compose = self.config.compose
         if background is not None:
             compose = replace(compose, background=background)
-        return SessionConfig(self.config.backend, self.config.device, compose, stamp=stamp)
+        return SessionConfig(self.config.backend, self.config.device, compose, stamp=stamp, engines=self.engines)
 
     async def startup(self) -> None:
         """Load avatars and, for a camera or file source, start the shared session and its sinks."""
@@ -164,6 +231,17 @@ class Service:
             )
             self.avatars[entry.name] = entry
             log.info("avatar %s: %s (%d px)", entry.name, entry.avatar.identity.subject, entry.resolution)
+        if self.config.admission == "capacity":
+            resolution = self.default_avatar.resolution
+            self.capacity.encode_s = await asyncio.to_thread(time_encoder, self.config.codec, resolution)
+            log.info(
+                "capacity: %.1f cores at %g fps; a %s encoder takes %.1f ms per %d px frame",
+                self.capacity.cores,
+                self.capacity.fps,
+                self.config.codec,
+                self.capacity.encode_s * 1000,
+                resolution,
+            )
         if self.config.source.kind == "webrtc":
             for sink in self.config.sinks:
                 if sink.kind not in ("webrtc", "null"):
@@ -184,7 +262,8 @@ class Service:
                     continue
                 shared.add_sink(cam)
             elif spec.kind == "file":
-                shared.add_sink(FileSink(Path(spec.target), self.clock, self.config.fps or 30.0))
+                identity = self.default_avatar.avatar.identity  # the file's content credentials name it
+                shared.add_sink(FileSink(Path(spec.target), self.clock, self.config.fps or 30.0, identity=identity))
             elif spec.kind == "null":
                 shared.add_sink(NullSink(self.clock))
         await shared.start()
@@ -208,9 +287,12 @@ class Service:
         return found
 
     async def control(self, action: Any, session_id: Any = None, value: Any = None) -> dict[str, Any]:
-        """Apply a control action: calibrate, pause, resume, background VALUE, avatar NAME."""
+        """Apply a control action: calibrate, pause, resume, background VALUE, avatar NAME.
+        Callers check the role: the operator, or a peer acting on its own session."""
         if session_id is not None and not isinstance(session_id, str):
             raise RequestError(400, "session must be a string")
+        if not isinstance(action, str) or not (value is None or isinstance(value, str)):
+            raise RequestError(400, "action and value must be strings")
         targets = self.find(session_id)
         if action == "calibrate":
             done = [await s.calibrate() for s in targets]
@@ -223,7 +305,7 @@ class Service:
                 s.resume()
         elif action == "background":
             try:
-                mode = Background(value)
+                mode = Background(value or "")
             except ValueError:
                 raise RequestError(400, f"background must be one of {[b.value for b in Background]}") from None
             try:
@@ -247,32 +329,55 @@ class Service:
 
     def _admit(self, client: str) -> None:
         now = time.monotonic()
+        for address in [a for a, times in self._offers.items() if not times or now - times[-1] >= 60]:
+            del self._offers[address]  # forget quiet clients: the table stays small
         recent = [t for t in self._offers.get(client, []) if now - t < 60]
         if len(recent) >= self.config.offers_per_minute:
-            raise RequestError(429, f"too many offers from {client}; wait a minute")
+            raise RequestError(429, f"too many offers from {client}; wait a minute", retry_after=60)
         self._offers[client] = [*recent, now]
         if len(self.peers) >= self.config.max_sessions:
-            raise RequestError(503, f"server busy: {len(self.peers)} sessions (the limit); try again later")
+            raise RequestError(
+                503, f"server busy: {len(self.peers)} sessions (the limit); try again later", retry_after=5
+            )
+        own = sum(1 for p in self.peers.values() if p.client == client)
+        if own >= self.config.max_per_client:
+            raise RequestError(
+                503, f"server busy: {client} already holds {own} sessions (the limit per client)", retry_after=5
+            )
+        if self.config.admission == "capacity":
+            pipelines = len(self.sessions()) + sum(
+                1 for p in self.peers.values() if p.session is None and self.config.source.kind == "webrtc"
+            )
+            verdict = self.capacity.admit(pipelines, len(self.peers), new_pipeline=self.config.source.kind == "webrtc")
+            if not verdict.admit:
+                log.info("refused a session from %s: %s", client, verdict.reason)
+                raise RequestError(
+                    503, f"server busy, try later: at capacity ({verdict.reason})", retry_after=verdict.retry_after
+                )
 
-    async def offer(self, body: Any, client: str) -> dict[str, Any]:
-        """Answer a browser's (or any client's) SDP offer and start streaming the avatar to it."""
+    async def offer(self, body: Any, client: str, *, operator: bool = False) -> dict[str, Any]:
+        """Answer a browser's (or any client's) SDP offer and start streaming the avatar to it.
+        `operator`: the request carried the operator credential (its data channel may then
+        control a shared session)."""
         if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             raise RequestError(400, 'expected JSON {"sdp": "...", "type": "offer"}')
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise RequestError(400, "options must be an object")
         codec = options.get("codec", self.config.codec)
-        if codec not in CODECS:
+        if not isinstance(codec, str) or codec not in CODECS:
             raise RequestError(400, f"codec must be one of {sorted(CODECS)}")
         background = options.get("background")
-        if background is not None and background not in {b.value for b in Background}:
+        if background is not None and (
+            not isinstance(background, str) or background not in {b.value for b in Background}
+        ):
             raise RequestError(400, f"background must be one of {[b.value for b in Background]}")
         stamp = bool(options.get("stamp", False))
         self._admit(client)
 
-        ice = [RTCIceServer(url) for url in self.config.ice_servers]
+        ice = [self._ice_server(url) for url in self.config.ice_servers]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=ice))
-        peer = Peer(f"peer-{secrets.token_hex(4)}", pc, AvatarTrack(self.clock))
+        peer = Peer(f"peer-{secrets.token_hex(4)}", pc, AvatarTrack(self.clock), client=client, operator=operator)
         self.peers[peer.id] = peer
         try:
             await self._negotiate(peer, body["sdp"], codec, stamp, background)
@@ -282,7 +387,9 @@ class Service:
                 raise
             log.warning("offer from %s rejected: %s", client, exc)
             raise RequestError(400, f"cannot use this offer: {exc}") from None
-        log.info("peer %s connected from %s (codec %s)", peer.id, client, codec)
+        if peer.id in self.peers and not peer.connected:
+            peer.watchdog = asyncio.get_running_loop().create_task(self._connect_or_close(peer), name=f"{peer.id}-wd")
+        log.info("peer %s answered, from %s (codec %s)", peer.id, client, codec)
         session = peer.session or self.shared
         return {
             "sdp": pc.localDescription.sdp,
@@ -290,6 +397,11 @@ class Service:
             "session": session.id if session is not None else peer.id,
             "peer": peer.id,
         }
+
+    def _ice_server(self, url: str) -> RTCIceServer:
+        if url.startswith(("turn:", "turns:")):
+            return RTCIceServer(url, username=self.config.ice_username, credential=self.config.ice_credential)
+        return RTCIceServer(url)
 
     async def _negotiate(self, peer: Peer, sdp: str, codec: str, stamp: bool, background: str | None) -> None:
         pc = peer.pc
@@ -304,6 +416,8 @@ class Service:
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
+            if pc.connectionState == "connected":
+                peer.connected = True
             if pc.connectionState in ("failed", "closed"):
                 await self.close_peer(peer.id)
 
@@ -339,6 +453,15 @@ class Service:
             self.shared.add_sink(peer.track)
         self.metrics.sessions.set(len(self.sessions()))
 
+    async def _connect_or_close(self, peer: Peer) -> None:
+        """Close a peer that has not connected `connect_timeout` seconds after its answer: a
+        client that never completes ICE must not hold a session slot."""
+        await asyncio.sleep(self.config.connect_timeout)
+        if not peer.connected and peer.id in self.peers:
+            timeout = self.config.connect_timeout
+            log.info("peer %s from %s did not connect within %.0f s; closed", peer.id, peer.client, timeout)
+            await self.close_peer(peer.id)
+
     def _peer_session_ended(self, session: AvatarSession) -> None:
         """A browser's session ended on its own (its camera track stopped, or frames kept failing)."""
         task = asyncio.get_running_loop().create_task(self.close_peer(session.id))
@@ -349,7 +472,7 @@ class Service:
         try:
             data = json.loads(message)
             kind = data.get("type")
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, TypeError):
             log.warning("peer %s sent a malformed message", peer.id)
             return
         session = peer.session or self.shared
@@ -358,6 +481,8 @@ class Service:
                 session.stats.glass_to_glass(data["ms"] / 1000)
         elif kind == "control" and session is not None:
             try:
+                if peer.session is None and not peer.operator:  # the shared session is everyone's
+                    raise RequestError(403, OPERATOR_ONLY)
                 await self.control(data.get("action"), session.id, data.get("value"))
             except RequestError as exc:
                 self._send(peer, {"type": "error", "error": str(exc)})
@@ -367,7 +492,9 @@ class Service:
             peer.channel.send(json.dumps(data))
 
     def push_stats(self) -> None:
-        """Tell each peer how its session is doing (over its data channel)."""
+        """Tell each peer how its session is doing (over its data channel); update the capacity
+        estimate from the sessions' measured stage costs."""
+        self.capacity.observe(s.stats.snapshot() for s in self.sessions())
         for peer in list(self.peers.values()):
             session = peer.session or self.shared
             if session is None:
@@ -391,6 +518,8 @@ class Service:
         peer = self.peers.pop(peer_id, None)
         if peer is None:
             return
+        if peer.watchdog is not None and peer.watchdog is not asyncio.current_task():
+            peer.watchdog.cancel()
         if self.shared is not None:
             self.shared.remove_sink(peer.track)
         await peer.track.close()
@@ -398,7 +527,7 @@ class Service:
             await peer.session.stop()
         if peer.blackhole is not None:
             await peer.blackhole.stop()
-        await peer.pc.close()
+        await _close_connection(peer.pc)
         self.metrics.sessions.set(len(self.sessions()))
         log.info("peer %s closed", peer_id)
 
@@ -433,14 +562,49 @@ class Service:
             "subject": entry.avatar.identity.subject,
             "resolution": entry.resolution,
             "token_required": self.config.token is not None,
+            "watermark": (
+                self.config.compose.watermark or self.config.badge_required or is_demo_identity(entry.avatar.identity)
+            ),
+            "admission": self.config.admission,
+            "capacity": self.capacity.info(len(self.sessions()), len(self.peers)),
+            "engines": self.engines.users(),
         }
 
     async def shutdown(self) -> None:
         for peer_id in list(self.peers):
             await self.close_peer(peer_id)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
         if self.shared is not None:
             await self.shared.stop()
             self.shared = None
+
+
+async def _close_connection(pc: RTCPeerConnection) -> None:
+    """`pc.close()`, and when aiortc trips over a half-negotiated connection (a transceiver that
+    never got a transport: found by the fuzzer), stop whatever transports it did open."""
+    try:
+        await pc.close()
+        return
+    except Exception as exc:  # aiortc's own state, not ours: clean up what exists
+        log.info("closing a half-negotiated connection: %s: %s", type(exc).__name__, exc)
+    transports: list[Any] = []
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        transports += [dtls, getattr(dtls, "transport", None)]
+    if pc.sctp is not None:
+        transports += [pc.sctp, pc.sctp.transport, getattr(pc.sctp.transport, "transport", None)]
+    for transport in transports:
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                await transport.stop()
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _gpu_load(device: str) -> dict[str, Any] | None:

@@ -27,7 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-SERVING = re.compile(r"avatarcam: serving on (http://\S+)")
+SERVING = re.compile(r"avatarcam: serving on (https?://\S+)")
+OPERATOR = re.compile(r"avatarcam: operator dashboard on (https?://\S+)")
 T = TypeVar("T")
 
 
@@ -110,6 +111,7 @@ class LiveService:
         self.output: list[str] = []
         self._ready = threading.Event()
         self.url = ""
+        self.operator_url = ""  # the dashboard with the operator credential
         self.proc = subprocess.Popen(
             command,
             cwd=ROOT,
@@ -122,7 +124,7 @@ class LiveService:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         deadline = time.monotonic() + ready_timeout
-        while not self._ready.wait(0.2):
+        while not (self._ready.wait(0.2) and self.operator_url):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.kill()
                 raise AssertionError(f"`avatarcam {' '.join(args)}` did not start serving:\n{self.log()}")
@@ -136,11 +138,14 @@ class LiveService:
                 if match and not self._ready.is_set():
                     self.url = match.group(1)
                     self._ready.set()
+                operator = OPERATOR.search(line)
+                if operator:
+                    self.operator_url = operator.group(1)
 
     @property
     def base(self) -> str:
-        """The URL without its path and query: http://HOST:PORT"""
-        return re.sub(r"^(http://[^/]+).*$", r"\1", self.url)
+        """The URL without its path and query: http(s)://HOST:PORT"""
+        return re.sub(r"^(https?://[^/]+).*$", r"\1", self.url)
 
     def log(self) -> str:
         return "".join(self.output[-60:])
@@ -178,9 +183,16 @@ class LiveService:
 
 class Browser:
     """One headless Chromium. `camera`: a y4m file as its camera (None: no camera device);
-    `deny_camera`: the user refuses the permission prompt."""
+    `deny_camera`: the user refuses the permission prompt; `flags`: more command-line switches."""
 
-    def __init__(self, camera: Path | None, *, deny_camera: bool = False, size: tuple[int, int] = (1280, 900)) -> None:
+    def __init__(
+        self,
+        camera: Path | None,
+        *,
+        deny_camera: bool = False,
+        size: tuple[int, int] = (1280, 900),
+        flags: tuple[str, ...] = (),
+    ) -> None:
         from selenium import webdriver
         from selenium.webdriver.chrome.service import Service
 
@@ -211,6 +223,8 @@ class Browser:
             options.add_argument("--use-fake-device-for-media-stream")
             options.add_argument(f"--use-file-for-fake-video-capture={camera}")
         options.add_argument("--deny-permission-prompts" if deny_camera else "--use-fake-ui-for-media-stream")
+        for flag in flags:
+            options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         self.driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
         self.driver.set_script_timeout(20)

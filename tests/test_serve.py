@@ -218,7 +218,8 @@ def test_bad_requests_get_4xx_and_never_crash(tiny_avatar: Path, driver_video: P
                 async with http.post(url + "offer", **kwargs) as r:
                     statuses.append(r.status)
                     assert "error" in await r.json()
-            async with http.post(url + "api/control", json={"action": "explode"}) as r:
+            operator = {"Authorization": f"Bearer {server.config.operator_token}"}
+            async with http.post(url + "api/control", json={"action": "explode"}, headers=operator) as r:
                 statuses.append(r.status)
             client = Client()
             await client.connect(url)  # the one allowed session
@@ -266,7 +267,9 @@ def test_token_is_required_beyond_localhost(tiny_avatar: Path, driver_video: Pat
 
 def test_four_peers_at_once_and_one_vanishing(tiny_avatar: Path, driver_video: Path) -> None:
     async def scenario() -> None:
-        async with running(shared_config(tiny_avatar, driver_video)) as server:
+        # Four peers from one address: this test is about fan-out, not the per-client cap.
+        config = shared_config(tiny_avatar, driver_video, max_per_client=4, admission="limit")
+        async with running(config) as server:
             clients = [Client() for _ in range(4)]
             for client in clients:
                 await client.connect(base_url(server))
