@@ -3,7 +3,9 @@
 The generator already paints a background (its learned one, G_b). Replacing or blurring it uses
 the predicted person mask I_FM as alpha. The badge is always drawn for avatars whose identity
 demands it (the shipped demo) and on by default for all others: every published frame says
-it is synthetic.
+it is synthetic. Last comes the invisible watermark (`streamer.watermark`), which carries the
+same message where the badge is cropped away or covered: on by default, and always on for
+avatars that require the badge.
 """
 
 from __future__ import annotations
@@ -11,10 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from streamer.watermark import Watermarker
 
 U8 = npt.NDArray[np.uint8]
 F32 = npt.NDArray[np.float32]
@@ -37,12 +43,14 @@ class ComposeConfig:
         image: replacement background picture for Background.IMAGE (any size; it is cover-fitted).
         blur_sigma: Gaussian sigma of Background.BLUR, as a fraction of the frame side.
         badge: draw the visible "SYNTHETIC" badge (forced on for avatars that require it).
+        watermark: embed the invisible watermark (forced on for avatars that require the badge).
     """
 
     background: Background = Background.LEARNED
     image: Path | None = None
     blur_sigma: float = 0.03
     badge: bool = True
+    watermark: bool = True
 
     def validate(self) -> None:
         if self.background is Background.IMAGE and self.image is None:
@@ -89,9 +97,17 @@ class Compositor:
         config: compose options (validated here).
         resolution: side of the square frames it will receive.
         badge_required: the avatar demands the badge (the shipped demo); overrides config.badge.
+        watermark: the avatar's invisible mark, added last (`streamer.watermark.watermark_for`).
     """
 
-    def __init__(self, config: ComposeConfig, resolution: int, *, badge_required: bool = False) -> None:
+    def __init__(
+        self,
+        config: ComposeConfig,
+        resolution: int,
+        *,
+        badge_required: bool = False,
+        watermark: Watermarker | None = None,
+    ) -> None:
         config.validate()
         self.resolution = resolution
         self.background = config.background
@@ -104,6 +120,7 @@ class Compositor:
                 raise ValueError(f"cannot read background image {config.image}")
             self._picture = _cover(np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8), resolution)
         self._badge = _badge(resolution)
+        self.watermark = watermark
 
     def set_background(self, mode: Background) -> None:
         """Switch the background mode (e.g. from the control API)."""
@@ -130,4 +147,6 @@ class Compositor:
             region, alpha, colour = self._badge
             patch = out[region].astype(np.float32)
             out[region] = (patch + alpha * (colour - patch)).round().astype(np.uint8)
+        if self.watermark is not None:
+            out = self.watermark(out, inplace=out is not image)
         return out

@@ -23,11 +23,13 @@ from models.engines.base import U16
 from streamer import stamp
 from streamer.clock import Clock
 from streamer.compose import Background, ComposeConfig, Compositor
+from streamer.engine_pool import EnginePool, SharedEngine
 from streamer.frames import U8, Frame
 from streamer.metrics import Metrics, SessionStats
 from streamer.queues import Closed, DropQueue
 from streamer.sinks import Sink
 from streamer.sources import Source, SourceEnded
+from streamer.watermark import maybe_watermark
 from tracking.live import LiveConfig, LiveDriver
 from tracking.render import Conditioning, FaceRenderer
 from tracking.tracker import FaceTracker
@@ -73,6 +75,7 @@ class SessionConfig:
         stamp: echo input frame identifiers onto output frames (glass-to-glass measurement).
         calibrate_after: take the driver's neutral from the Nth frame with a face (0: never).
         live: smoothing and face-loss behaviour.
+        engines: share one engine per avatar with the other sessions of this pool (None: own engine).
     """
 
     backend: str = "torch"
@@ -81,6 +84,7 @@ class SessionConfig:
     stamp: bool = False
     calibrate_after: int = 10
     live: LiveConfig = field(default_factory=LiveConfig)
+    engines: EnginePool | None = field(default=None, compare=False)
 
 
 class State(StrEnum):
@@ -134,8 +138,15 @@ class _Generating:
     """The generating side of a session (lives on the infer thread)."""
 
     def __init__(self, entry: AvatarEntry, config: SessionConfig) -> None:
-        self.engine: Engine = create_engine(config.backend, entry.avatar, config.device)
-        self.compositor = Compositor(config.compose, entry.resolution, badge_required=entry.badge_required)
+        self.engine: Engine | SharedEngine
+        if config.engines is not None:
+            self.engine = config.engines.acquire(entry.path, entry.avatar, config.backend, config.device)
+        else:
+            self.engine = create_engine(config.backend, entry.avatar, config.device)
+        mark = maybe_watermark(entry.avatar.identity, enabled=config.compose.watermark, required=entry.badge_required)
+        self.compositor = Compositor(
+            config.compose, entry.resolution, badge_required=entry.badge_required, watermark=mark
+        )
 
     def __call__(self, frame: Frame, uv: U16, shaded: U8, stamp_output: bool) -> tuple[Frame, float, float]:
         start = time.perf_counter()
@@ -332,6 +343,7 @@ class AvatarSession:
             "sinks": [s.name for s in self.sinks],
             "avatar": self.entry.name,
             "state": str(self.state),
+            "watermark": self._generating is not None and self._generating.compositor.watermark is not None,
             **self.stats.snapshot(),
         }
 

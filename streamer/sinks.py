@@ -124,16 +124,37 @@ class NullSink(QueuedSink):
 
 
 class FileSink(QueuedSink):
-    """Writes an H.264 mp4 with PyAV; timestamps follow capture times, so the file plays in real time."""
+    """Writes an H.264 mp4 with PyAV; timestamps follow capture times, so the file plays in real time.
+
+    With `identity` (the avatar's identity record) the recording goes to `NAME.recording.mp4`
+    first and, when the sink closes, lands at `path` with a signed C2PA manifest naming the
+    avatar's subject and consent (`streamer.credentials`; the local key unless `signing_key`).
+    """
 
     name = "file"
 
-    def __init__(self, path: Path, clock: Clock, fps: float = 30.0) -> None:
+    def __init__(
+        self, path: Path, clock: Clock, fps: float = 30.0, *, identity: Any = None, signing_key: Any = None
+    ) -> None:
         super().__init__(clock)
         if not path.parent.is_dir():
             raise SinkError(f"cannot write {path}: folder {path.parent} does not exist")
         self.path = path
         self.fps = fps
+        self.identity = identity
+        self.signing_key = signing_key
+        if identity is not None:
+            from streamer.credentials import CredentialsError, local_key
+
+            try:
+                import c2pa  # noqa: F401  - refuse at start, not when the recording ends
+            except ImportError:
+                raise SinkError("the file sink signs content credentials: install c2pa-python (`make setup`)") from None
+            try:
+                self.signing_key = signing_key or local_key()
+            except CredentialsError as exc:
+                raise SinkError(str(exc)) from None
+        self._recording = path.with_name(path.stem + ".recording.mp4") if identity is not None else path
         self._container: Any = None
         self._stream: Any = None
         self._t0: float | None = None
@@ -143,7 +164,7 @@ class FileSink(QueuedSink):
         import av
 
         if self._container is None:
-            self._container = av.open(str(self.path), "w")
+            self._container = av.open(str(self._recording), "w")
             stream = self._container.add_stream("libx264", rate=round(self.fps))
             stream.width, stream.height = frame.image.shape[1], frame.image.shape[0]
             stream.pix_fmt = "yuv420p"
@@ -165,6 +186,19 @@ class FileSink(QueuedSink):
                 self._container.mux(packet)
             self._container.close()
             self._container = None
+            if self.identity is not None:
+                self._sign()
+
+    def _sign(self) -> None:
+        from streamer.credentials import CredentialsError, sign_mp4
+
+        try:
+            sign_mp4(self._recording, self.path, self.identity, self.signing_key)
+        except CredentialsError:
+            log.exception("file sink: %s is kept without content credentials", self.path)
+            self._recording.replace(self.path)
+        else:
+            self._recording.unlink()
 
 
 def virtualcam_help() -> str:

@@ -28,7 +28,7 @@ const STATES = {
   "camera-denied": ["Camera access denied", "Allow the camera for this site in the browser's settings, then press Retry."],
   "no-camera": ["No camera available", "Connect a camera or close the app that holds it, then press Retry."],
   insecure: ["Camera needs a secure page", "Browsers give the camera only to https:// pages or localhost."],
-  busy: ["Server busy", "All session slots are taken."],
+  busy: ["Server busy, try later", "The service cannot take another session right now."],
   reconnecting: ["Reconnecting…", ""],
   unauthorized: ["Access token required", "Open the link you were given, including its ?token=… part."],
   forbidden: ["Not allowed from this origin", "Open the page from the address the service was started with."],
@@ -64,9 +64,10 @@ function ms(value) {
 // ---- HTTP with the token the page was opened with ----
 
 class HttpError extends Error {
-  constructor(status, message) {
+  constructor(status, message, retryAfter) {
     super(message);
     this.status = status;
+    this.retryAfter = retryAfter; // seconds, from a Retry-After header (busy answers)
   }
 }
 
@@ -86,7 +87,10 @@ async function api(path, body) {
   } catch {
     data = null;
   }
-  if (!response.ok) throw new HttpError(response.status, data?.error ?? `HTTP ${response.status}`);
+  if (!response.ok) {
+    const retryAfter = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
+    throw new HttpError(response.status, data?.error ?? `HTTP ${response.status}`, retryAfter);
+  }
   return data;
 }
 
@@ -241,8 +245,16 @@ async function start() {
 function showInfo(info) {
   $("mode").textContent = info.source === "webrtc" ? "your camera drives the avatar" : `shared source: ${info.source}`;
   $("avatar-name").textContent = `${info.avatar} · ${info.resolution}px`;
+  $("watermark").dataset.on = String(Boolean(info.watermark));
+  $("watermark").textContent = info.watermark ? "invisible watermark: on" : "invisible watermark: off";
+  // The dashboard is the operator's: a viewer's page does not offer a link that would be refused.
+  $("dashboard-link").hidden = info.role !== "operator";
   if (token) $("dashboard-link").href = `/dashboard?token=${encodeURIComponent(token)}`;
   if (info.source !== "webrtc") {
+    if (info.role !== "operator") {
+      $("controls-note").textContent =
+        "A shared stream: only the operator can pause, calibrate or change it (open the operator's link).";
+    }
     view.setStat("stat-glass", null, "n/a");
     $("stat-glass").title = "Glass-to-glass needs this page's camera as the source; this service drives the avatar from its own source.";
     $("controls-note").hidden = false;
@@ -355,8 +367,9 @@ function retryLater(err, fallback) {
   teardown();
   if (err instanceof HttpError) {
     if (err.status === 503 || err.status === 429) {
-      view.setState("busy", `${err.message}. Trying again in ${BUSY_RETRY_S} s.`);
-      app.retryTimer = setTimeout(start, BUSY_RETRY_S * 1000);
+      const wait = Math.min(60, err.retryAfter > 0 ? err.retryAfter : BUSY_RETRY_S);
+      view.setState("busy", `${err.message}. Trying again in ${wait} s.`);
+      app.retryTimer = setTimeout(start, wait * 1000);
       return;
     }
     if (err.status === 401) return view.setState("unauthorized");

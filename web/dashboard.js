@@ -197,6 +197,7 @@ function makeCard(id) {
     <div class="nums">
       ${cell("fps", "fps")}${cell("e2e", "e2e p50 / p99")}${cell("glass", "glass p50 / p99")}${cell("face", "face")}
       ${cell("frames", "frames")}${cell("dropped", "dropped")}${cell("avatar", "avatar")}${cell("sinks", "sinks")}
+      ${cell("watermark", "watermark")}
     </div>
     <table class="stages">
       <thead><tr><th>stage</th><th>p50</th><th>p99</th><th class="bar"></th></tr></thead>
@@ -230,6 +231,7 @@ function updateCard(entry, s, t) {
   setValue(field("dropped"), s.dropped, fmt.int(s.dropped));
   field("avatar").textContent = s.avatar ?? "–";
   field("sinks").textContent = (s.sinks ?? []).length;
+  setValue(field("watermark"), s.watermark, s.watermark == null ? "–" : s.watermark ? "on" : "off");
   const pause = card.querySelector("[data-action=pause]");
   pause.dataset.paused = String(s.state === "paused");
   pause.textContent = s.state === "paused" ? "Resume" : "Pause";
