@@ -9,8 +9,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from tracking.video import read_frames
-
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "512"
 
 
@@ -22,6 +20,8 @@ def shared_video(name: str) -> Path:
 
 
 def first_frames(path: Path, count: int) -> list[npt.NDArray[np.uint8]]:
+    from tracking.video import read_frames  # PyAV: imported here so `pytest -m gpu` collects without it
+
     return [rgb for _, _, rgb in read_frames(path, count)]
 
 
