@@ -51,16 +51,28 @@ def test_lost_face_holds_then_eases_to_neutral_then_recovers_smoothly(
             out = driver(f, t)
             t += 1 / FPS
         assert out.face_found
-        last = out.blendshapes.copy()
-        held = driver(blank, t + 0.1)
-        assert not held.face_found
-        np.testing.assert_allclose(held.blendshapes, last, atol=1e-6)
-        eased = driver(blank, t + 0.1 + config.hold_seconds + config.ease_seconds)
+        last, last_pose = out.blendshapes.copy(), out.pose.copy()
+        lost_at = t - 1 / FPS  # the last frame with a face
         reference = driver.retarget.reference
+        assert np.abs(reference.pose - last_pose).max() > 1.0, "the driver should not sit at neutral already"
+        # Hold: expression and pose stay exactly as last shown, up to the end of the hold.
+        for after in (0.1, config.hold_seconds - 0.02):
+            held = driver(blank, lost_at + after)
+            assert not held.face_found
+            np.testing.assert_allclose(held.blendshapes, last, atol=1e-6)
+            np.testing.assert_allclose(held.pose, last_pose, atol=1e-9)
+        # Ease: a smoothstep from what was shown to the avatar's neutral over ease_seconds.
+        for fraction in (0.25, 0.5, 0.75):
+            eased = driver(blank, lost_at + config.hold_seconds + fraction * config.ease_seconds)
+            alpha = fraction * fraction * (3 - 2 * fraction)
+            np.testing.assert_allclose(eased.blendshapes, last + alpha * (reference.blendshapes - last), atol=1e-5)
+            np.testing.assert_allclose(eased.pose, last_pose + alpha * (reference.pose - last_pose), atol=1e-6)
+        eased = driver(blank, lost_at + config.hold_seconds + config.ease_seconds)
         np.testing.assert_allclose(eased.blendshapes, reference.blendshapes, atol=1e-6)
         np.testing.assert_allclose(eased.pose, reference.pose, atol=1e-6)
+        t = lost_at + config.hold_seconds + config.ease_seconds
         # The face returns: the first frame moves from what was shown, not straight to the raw.
-        now = t + 0.1 + config.hold_seconds + config.ease_seconds + 1 / FPS
+        now = t + 1 / FPS
         back = driver(frames[30], now)
         assert back.face_found and driver._raw is not None
         raw_blend = driver._raw[0]

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -15,6 +20,7 @@ from tracking import prepare as prepare_module
 from tracking.prepare import PrepareConfig, run
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 FRAMES = 40
 
@@ -66,9 +72,37 @@ def test_every_written_frame_is_complete_and_aligned(dataset: Path) -> None:
             assert (mask[face] > 127).mean() > 0.97
         assert np.mean(inside) > 0.97
         assert (folder / "background.png").exists()
+        for index, points in list(zip(frames, landmarks, strict=True))[:3]:
+            _assert_render_and_image_follow_the_landmarks(folder, int(index), points)
     assert (dataset / "contact_sheet.png").stat().st_size > 10_000
     assert (dataset / "tracking_plot.png").stat().st_size > 10_000
     assert (dataset / "expression.npz").exists()
+
+
+def _assert_render_and_image_follow_the_landmarks(folder: Path, index: int, points: np.ndarray) -> None:
+    """The UV render covers exactly the mesh the stored landmarks describe (filled here with
+    OpenCV, independently of the project's rasterizer), and the stored landmarks sit on the face
+    in the stored frame (re-tracked here from the written crop): a render or a crop shifted by a
+    few pixels fails both."""
+    from tracking.mesh import N_MESH_VERTICES, load_canonical_mesh
+    from tracking.tracker import FaceTracker
+
+    name = f"{index:06d}.png"
+    face = cv2.imread(str(folder / "uv" / name), cv2.IMREAD_UNCHANGED)[..., 0] > 0
+    filled = np.zeros(face.shape, np.uint8)
+    corners = (points[:N_MESH_VERTICES, :2] - 0.5) * 16  # pixel centres at +0.5; 4 fractional bits
+    cv2.fillPoly(filled, list(corners[load_canonical_mesh().triangles].round().astype(np.int32)), 1, shift=4)
+    filled_mask = filled > 0
+    iou = (face & filled_mask).sum() / (face | filled_mask).sum()
+    assert iou > 0.97, (name, iou)
+    centre = np.argwhere(face).mean(axis=0) - np.argwhere(filled_mask).mean(axis=0)
+    assert np.abs(centre).max() < 0.3, (name, centre)
+    rgb = cv2.imread(str(folder / "frames" / name))[..., ::-1].copy()
+    with FaceTracker(mode="image") as tracker:
+        track = tracker(rgb)
+    assert track is not None, name
+    error = np.linalg.norm(track.landmarks[:N_MESH_VERTICES, :2] - points[:N_MESH_VERTICES, :2], axis=1)
+    assert np.median(error) < 2.5, (name, np.median(error))
 
 
 def test_rerun_reuses_finished_work(dataset: Path, cap12: Path, cap13: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -89,28 +123,42 @@ def test_rerun_reuses_finished_work(dataset: Path, cap12: Path, cap13: Path, mon
 def test_killed_run_leaves_no_manifest_and_resumes(
     cap12: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A prepare process killed with SIGKILL in the middle of writing frames leaves no manifest
+    and no torn file; the re-run skips the tracking pass and every frame already written."""
     out = tmp_path / "data"
-    original = prepare_module._Worker.__call__
-    calls = {"n": 0}
-
-    def dies_midway(self: prepare_module._Worker, *args: object) -> object:
-        calls["n"] += 1
-        if calls["n"] > 10:
-            raise KeyboardInterrupt
-        return original(self, *args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(prepare_module._Worker, "__call__", dies_midway)
-    config = PrepareConfig(video=cap12, out=out, max_frames=FRAMES, workers=1)
-    with pytest.raises(KeyboardInterrupt):
-        run(config)
+    frames = 48
+    command = [sys.executable, "-m", "avatarcam_cli", "prepare", str(cap12), "-o", str(out), "--size", "64"]
+    command += ["--max-frames", str(frames), "--workers", "1"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while len(list((out / "train" / "mask").glob("*.png"))) < 5:
+            assert proc.poll() is None, "prepare finished before it could be killed"
+            assert time.monotonic() < deadline, "no frame written within 300 s"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
     assert not (out / "manifest.json").exists()
-    assert not list(out.rglob("*.partial"))
-    done = len(list((out / "train" / "mask").glob("*.png")))
-    assert 0 < done < FRAMES
+    written = {p: p.stat().st_mtime_ns for p in (out / "train").glob("*/*.png")}
+    finished = {p.name for p in (out / "train" / "mask").glob("*.png")}
+    finished = {n for n in finished if all((out / "train" / k / n).exists() for k in ("frames", "uv", "render"))}
+    assert 0 < len(finished) < frames
+    for path in written:  # everything that landed is whole: files arrive by rename
+        assert cv2.imread(str(path), cv2.IMREAD_UNCHANGED) is not None, path
 
-    monkeypatch.setattr(prepare_module._Worker, "__call__", original)
-    manifest = run(config)
-    assert manifest["train_frames"] + manifest["test_frames"] == FRAMES
+    def no_tracking(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the tracking pass was finished: it must come from the cache")
+
+    monkeypatch.setattr(prepare_module.FaceTracker, "__call__", no_tracking)
+    manifest = run(PrepareConfig(video=cap12, out=out, size=64, max_frames=frames, workers=1))
+    assert manifest["train_frames"] + manifest["test_frames"] == frames
+    for path, mtime in written.items():
+        if path.name in finished:
+            assert path.stat().st_mtime_ns == mtime, f"{path} was written again"
+    assert not [p for p in out.rglob("*") if ".partial" in p.name]
+    for kind in ("frames", "uv", "render", "mask"):
+        assert len(list((out / "train" / kind).glob("*.png"))) == manifest["train_frames"]
 
 
 def _cli_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:

@@ -231,14 +231,19 @@ def test_facenet_matches_the_tensorflow_graph(
     assert str(reference["graph_sha256"]) == FACENET_CASIA.source.sha256
     with torch.no_grad():
         got = facenet(_to_tensor(list(face_crops.values()))).numpy()
+    identical = 0
     for row, name in zip(got, face_crops, strict=True):
         i = names.index(name)
         same_input = REF.digest(face_crops[name]) == str(reference["input_sha256"][i])
         want = reference["embeddings"][i]
         cosine = float(row @ want)
-        assert cosine > 0.999, (name, cosine, f"input identical to the reference's: {same_input}")
+        identical += same_input
+        # The README's claim (> 0.99999) holds on identical inputs; a crop that differs by
+        # resampling (another OpenCV build) can only be held to a looser bound.
+        assert cosine > (0.99999 if same_input else 0.999), (name, cosine, f"identical input: {same_input}")
         if same_input:
             assert float(np.abs(row - want).max()) < 1e-4, name
+    assert identical >= len(face_crops) - 1, "the strict comparison must run on (nearly) every reference input"
     assert {"astronaut", "synthetic"} <= set(face_crops)
 
 

@@ -166,17 +166,29 @@ def test_file_source_paces_at_the_video_rate_and_ends(driver_video: Path, tmp_pa
 
 
 def test_file_sink_writes_a_playable_mp4(tmp_path: Path) -> None:
+    """Every frame handed over in turn lands in an H.264 mp4, timed by its capture time."""
+
     async def write() -> None:
         sink = FileSink(tmp_path / "out.mp4", FakeClock(), fps=25)
+        delivered = asyncio.Event()
+        sink.report = lambda *_: delivered.set()
         for i in range(10):
+            delivered.clear()
             sink.send(Frame(np.full((64, 64, 3), i * 20, np.uint8), 100 + i * 0.04, i))
-            await asyncio.sleep(0.01)
+            await asyncio.wait_for(delivered.wait(), 10)  # one at a time: nothing is dropped
         await sink.close()
 
     asyncio.run(write())
     with av.open(str(tmp_path / "out.mp4")) as video:
-        frames = list(video.decode(video=0))
-    assert 1 <= len(frames) <= 10 and frames[0].width == 64
+        stream = video.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        frames = list(video.decode(stream))
+        times = [float(f.pts * f.time_base) for f in frames]
+        pictures = [f.to_ndarray(format="rgb24") for f in frames]
+    assert len(frames) == 10 and (frames[0].width, frames[0].height) == (64, 64)
+    assert np.diff(times) == pytest.approx([0.04] * 9, abs=1e-3)  # capture times, not arrival times
+    levels = [float(p.mean()) for p in pictures]
+    assert levels == pytest.approx([i * 20 for i in range(10)], abs=3)  # the frames, in order
 
 
 class RecordingCamera:

@@ -76,9 +76,11 @@ def rasterize(vertices: Tensor, triangles: Tensor, height: int, width: int) -> F
     if total == 0:
         return empty
 
-    # Per triangle, barycentric weights and depth are affine in the pixel centre (x, y):
-    # w_k = A_k x + B_k y + C_k and z = Σ w_k z_k. Precomputing the [T, 3, 3] coefficients
-    # makes each candidate pixel one gather and a few multiply-adds.
+    # Per triangle, barycentric weights and depth are affine in the pixel centre (x, y), taken
+    # relative to the triangle's corner 0: w_k = A_k (x - x_0) + B_k (y - y_0) + [k == 0] and
+    # z = Σ w_k z_k. (An absolute constant term, x_1 y_2 - x_2 y_1 over the area, cancels
+    # catastrophically in float32 on small triangles far from the origin.) Precomputing the
+    # [T, 4, 3] coefficients makes each candidate pixel one gather and a few multiply-adds.
     xs, ys, zs = corners[..., 0], corners[..., 1], corners[..., 2]  # [T, 3]
     nx, ny = xs.roll(-1, dims=1), ys.roll(-1, dims=1)  # corner k+1
     px_, py_ = xs.roll(-2, dims=1), ys.roll(-2, dims=1)  # corner k+2
@@ -86,9 +88,9 @@ def rasterize(vertices: Tensor, triangles: Tensor, height: int, width: int) -> F
     ok = area.abs() > 1e-12
     inv = torch.where(ok, 1.0 / torch.where(ok, area, torch.ones_like(area)), torch.zeros_like(area))
     # Weight of corner k is the edge function of the opposite edge (k+1 -> k+2), over the area.
-    coef = torch.stack(
-        [-(py_ - ny) * inv[:, None], (px_ - nx) * inv[:, None], (nx * py_ - px_ * ny) * inv[:, None]], dim=2
-    )  # [T, 3 corners, (A, B, C)]
+    at_corner0 = torch.zeros_like(xs)  # [T, 3]: w_k at corner 0 is 1 for k = 0, else 0
+    at_corner0[:, 0] = 1.0
+    coef = torch.stack([-(py_ - ny) * inv[:, None], (px_ - nx) * inv[:, None], at_corner0], dim=2)  # [T, 3, 3]
     coef = torch.cat([coef, (zs.unsqueeze(2) * coef).sum(dim=1, keepdim=True)], dim=1)  # [T, 4, 3]: + depth
 
     # One row per (triangle, pixel-in-its-box) pair.
@@ -98,7 +100,8 @@ def rasterize(vertices: Tensor, triangles: Tensor, height: int, width: int) -> F
     bw = box_w[tri]
     px = x0[tri] + local % bw
     py = y0[tri] + torch.div(local, bw, rounding_mode="floor")
-    cx, cy = px.to(torch.float32) + 0.5, py.to(torch.float32) + 0.5
+    cx = px.to(torch.float32) + 0.5 - xs[tri, 0]  # pixel centre relative to corner 0
+    cy = py.to(torch.float32) + 0.5 - ys[tri, 0]
 
     k = coef[tri]  # [N, 4, 3]
     values = k[:, :, 0] * cx[:, None] + k[:, :, 1] * cy[:, None] + k[:, :, 2]  # [N, 4]: w0, w1, w2, z

@@ -1,0 +1,74 @@
+"""A training run that saves its own rank's weights, for tests/test_train.py's DDP test.
+
+Run under `torch.distributed.run` (each rank writes OUT/rank-R.safetensors) or alone (writes
+OUT/rank-0.safetensors), so a test can check that the ranks agree and that two ranks on half
+batches equal one process on the whole batch. For that comparison the run is made
+batch-separable: constant noise inputs, centred windows and minibatch-std groups of one
+(otherwise each process draws its own noise and D's std layer mixes samples across the batch).
+
+    python -m tests.train_ddp_worker DATA --steps 3 OUT --batch 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from models import train
+from models.networks import SelfieAvatarGenerator
+
+SEPARABLE = (("train.sliding_window", "false"), ("network.mbstd_group", "1"))
+LOSSES = (("mrf", 0.0), ("cos", 0.0), ("r1_interval", 2.0))  # GAN and R1 on; R1 on steps 0 and 2
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=2)
+    args = parser.parse_args()
+
+    forward = SelfieAvatarGenerator.forward
+
+    def constant_noise(self: SelfieAvatarGenerator, *a: Any, **k: Any) -> Any:
+        k["noise_mode"] = "const"
+        return forward(self, *a, **k)
+
+    SelfieAvatarGenerator.forward = constant_noise  # type: ignore[method-assign]
+    built: list[train.Trainer] = []
+    build = train.Trainer.build
+
+    def keep(*a: Any, **k: Any) -> train.Trainer:
+        built.append(build(*a, **k))
+        return built[-1]
+
+    train.Trainer.build = keep  # type: ignore[method-assign]
+    options = train.TrainOptions(
+        data=args.data,
+        out=args.out / "run",
+        preset="tiny",
+        steps=args.steps,
+        batch=args.batch,
+        device="cpu",
+        checkpoint_every=1000,
+        sample_every=1000,
+        losses=LOSSES,
+        overrides=SEPARABLE,
+    )
+    train.run(options, log=lambda _: None)
+    trainer = built[0]
+    tensors = {
+        f"{owner}/{key}": value.detach().contiguous()
+        for owner, module in trainer.modules().items()
+        for key, value in module.state_dict().items()
+    }
+    save_file(tensors, str(args.out / f"rank-{os.environ.get('RANK', '0')}.safetensors"))
+
+
+if __name__ == "__main__":
+    main()
