@@ -98,7 +98,11 @@ def export(
     with np.load(data / "expression.npz") as arrays:
         expression = ExpressionModel.from_arrays(dict(arrays))
 
-    tensors: dict[str, Tensor] = {f"generator/{k}": v for k, v in generator.state_dict().items()}
+    tensors: dict[str, Tensor] = {
+        f"generator/{k}": v
+        for k, v in generator.state_dict().items()
+        if not k.startswith(SelfieAvatarGenerator.DIRECT_PREFIXES)  # the static features stand in for them
+    }
     tensors["static/texture"] = static.texture.contiguous()
     tensors["static/background"] = static.background.contiguous()
     tensors.update(
@@ -151,12 +155,16 @@ def load_avatar(path: Path, device: str | torch.device = "cpu") -> Avatar:
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
     network = NetworkConfig(**_tuples(json.loads(header["network"])))
     generator = SelfieAvatarGenerator(network, int(header["num_frames"]))
-    generator.load_state_dict(
-        {k.removeprefix("generator/"): v for k, v in tensors.items() if k.startswith("generator/")}
+    missing, unexpected = generator.load_state_dict(
+        {k.removeprefix("generator/"): v for k, v in tensors.items() if k.startswith("generator/")}, strict=False
     )
+    if unexpected or any(not k.startswith(SelfieAvatarGenerator.DIRECT_PREFIXES) for k in missing):
+        raise AvatarError(f"{path}: generator weights do not match its network (missing {missing}, extra {unexpected})")
+    static = StaticFeatures(tensors["static/texture"], tensors["static/background"])
+    generator.absorb_direct(static)
     generator.freeze_static()
     generator.eval().to(device)
-    generator.use_static(StaticFeatures(tensors["static/texture"].to(device), tensors["static/background"].to(device)))
+    generator.use_static(StaticFeatures(static.texture.to(device), static.background.to(device)))
     expression = ExpressionModel.from_arrays(
         {k.removeprefix("expression/"): v.numpy() for k, v in tensors.items() if k.startswith("expression/")}
     )

@@ -395,6 +395,25 @@ class SelfieAvatarGenerator(nn.Module):
             self._generated_key = key
         return self._generated_cache
 
+    DIRECT_PREFIXES = ("texture_direct.", "background_direct.")
+    """State-dict prefixes of the direct pyramids: an .avatar file leaves them out (see absorb_direct)."""
+
+    @torch.no_grad()
+    def absorb_direct(self, static: StaticFeatures) -> None:
+        """Set the direct pyramids so that compute_static() equals `static` again: the finest
+        level takes what G_f / G_b do not produce, the coarser ones are zero. An .avatar file
+        stores the static features rather than the pyramids (8 MB at cpu-256), and this restores
+        an equivalent generator from them."""
+        if self.texture_direct is None or self.background_direct is None:
+            return
+        for pyramid, generator, target in (
+            (self.texture_direct, self.texture_generator, static.texture),
+            (self.background_direct, self.background_generator, static.background),
+        ):
+            for level in pyramid.levels:
+                level.zero_()
+            pyramid.levels[0].copy_(target.to(pyramid.levels[0]) - generator())
+
     def seed_static(self, texture_rgb: Tensor | None, background_rgb: Tensor | None) -> None:
         """Start the direct pyramids' RGB channels from a photo texture [3, T', T'] and a
         background image [3, H, W] in [0, 1] (resized to the texture and canvas sides; the
