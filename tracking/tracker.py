@@ -7,11 +7,12 @@ pose-free face shape from our own similarity fit (tracking.pose), which re-proje
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -127,6 +128,19 @@ def _pose_weights(mesh: CanonicalMesh) -> F32:
     return np.maximum(w, 0.02 * float(w.max())).astype(np.float32)
 
 
+_UNCLOSED: set[Any] = set()
+"""Landmarkers not closed yet. MediaPipe's FaceLandmarker closes itself in __del__, and a garbage
+collection that runs it on a worker thread can deadlock in MediaPipe's dispatcher (seen in a
+test run); holding every open landmarker here means a tracker that was never closed leaks until
+exit, where they are closed on the main thread, instead of hanging its process."""
+
+
+@atexit.register
+def _close_unclosed() -> None:
+    while _UNCLOSED:
+        _UNCLOSED.pop().close()
+
+
 class FaceTracker:
     """FaceLandmarker in VIDEO mode (temporal tracking) or IMAGE mode (independent frames).
 
@@ -165,6 +179,7 @@ class FaceTracker:
             output_facial_transformation_matrixes=True,
         )
         self._landmarker = vision.FaceLandmarker.create_from_options(options)
+        _UNCLOSED.add(self._landmarker)
         self._last_ms = -1
 
     def __enter__(self) -> FaceTracker:
@@ -175,6 +190,7 @@ class FaceTracker:
 
     def close(self) -> None:
         if self._landmarker is not None:
+            _UNCLOSED.discard(self._landmarker)
             self._landmarker.close()
             self._landmarker = None
 
