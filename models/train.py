@@ -418,6 +418,8 @@ def run(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str, 
 
     total = preset.train.steps
     budget = budget_seconds(options, existing if options.resume else None)
+    if budget is not None:
+        options = replace(options, minutes=budget / 60)  # checkpoints keep the budget across resumes
     spent = float(trainer.progress * budget) if budget else 0.0  # seconds of the budget already used
     began, start_step = time.perf_counter(), trainer.step
     if budget:  # the bar counts seconds of the budget, so its ETA is the budget's end
