@@ -110,12 +110,3 @@ def back_project(
     )
     coverage = torch.zeros(texels, dtype=torch.float64).index_add_(0, texel, wsel).reshape(size, size).float()
     return PhotoTexture(_push_pull(rgb / 255.0, coverage).clamp(0, 1), coverage)
-
-
-def sample(texture: Tensor, uv: Tensor) -> Tensor:
-    """Looks a [C, T, T] texture up through [N, 3, H, W] UV renders -> [N, C, H, W], 0 off the face."""
-    grid = uv[:, :2].permute(0, 2, 3, 1) * 2 - 1
-    looked = F.grid_sample(
-        texture[None].expand(uv.shape[0], -1, -1, -1), grid, mode="bilinear", padding_mode="border", align_corners=False
-    )
-    return looked * (uv[:, 2:3] > 0)
