@@ -9,6 +9,7 @@ import contextlib
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterator
@@ -28,6 +29,20 @@ def _free_udp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _answers_stun(port: int) -> bool:
+    """Whether a STUN binding request (RFC 5389) to 127.0.0.1:port gets a success response."""
+    transaction = secrets.token_bytes(12)
+    request = struct.pack("!HHI", 0x0001, 0, 0x2112A442) + transaction
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(0.2)
+        s.sendto(request, ("127.0.0.1", port))
+        try:
+            reply = s.recv(2048)
+        except OSError:  # timeout, or ICMP port unreachable while it starts
+            return False
+    return len(reply) >= 20 and reply[:2] == b"\x01\x01" and reply[8:20] == transaction
 
 
 @pytest.fixture
@@ -58,12 +73,12 @@ def turn(tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
-    while not (log.exists() and "listener opened on" in log.read_text(errors="replace")):
+    while not _answers_stun(port):
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
+            process.wait()
             text = log.read_text(errors="replace") if log.exists() else ""
-            raise AssertionError(f"turnserver did not start:\n{text[-2000:]}")
-        time.sleep(0.1)
+            raise AssertionError(f"turnserver did not answer a STUN binding request:\n{text[-2000:]}")
     try:
         yield f"turn:127.0.0.1:{port}?transport=udp", user, password
     finally:
