@@ -12,7 +12,7 @@ from fractions import Fraction
 from typing import Any
 
 import av
-from aiortc import MediaStreamTrack, RTCRtpSender
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCRtpSender
 from aiortc.codecs import h264, vpx
 from aiortc.mediastreams import MediaStreamError
 
@@ -85,3 +85,15 @@ def set_bitrate(bits_per_second: int) -> None:
     vpx.DEFAULT_BITRATE = h264.DEFAULT_BITRATE = bits_per_second
     vpx.MIN_BITRATE = h264.MIN_BITRATE = bits_per_second // 2
     vpx.MAX_BITRATE = h264.MAX_BITRATE = bits_per_second * 2
+
+
+def ice_configuration(urls: tuple[str, ...], username: str | None = None, credential: str | None = None) -> Any:
+    """An RTCConfiguration with these STUN/TURN URLs (turn: ones with the long-term credential).
+    No URLs means no ICE servers at all: aiortc's default would contact a public STUN host."""
+    servers = [
+        RTCIceServer(url, username=username, credential=credential)
+        if url.startswith(("turn:", "turns:"))
+        else RTCIceServer(url)
+        for url in urls
+    ]
+    return RTCConfiguration(iceServers=servers)

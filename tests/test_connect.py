@@ -1,0 +1,361 @@
+"""`avatarcam connect` for real: a real `avatarcam serve --source webrtc` process on loopback, a
+real video paced as a camera, the avatar back into the file and virtual-camera sinks; a server
+killed mid-stream and restarted on the same port; each bad input's one line and exit code 2."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import json
+import logging
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import av
+import numpy as np
+import pytest
+import pyvirtualcam
+
+import avatarcam_cli
+from streamer import stamp
+from streamer.connect import Client, ConnectConfig, ConnectStats, Presenter, connect, parse_sink
+from streamer.frames import Frame
+from streamer.sinks import SinkSpec
+from streamer.window import display_problem
+from tests.browser import LiveService
+from tests.test_streamer import FakeClock
+
+TOKEN = "connect-test-token"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _serve_args(avatar: Path, port: int = 0) -> list[str]:
+    # --admission limit: the capacity model measures this loaded machine and could refuse the one
+    # test client; admission is not what these tests are about.
+    return ["serve", str(avatar), "--source", "webrtc", "--backend", "torch", "--admission", "limit",
+            "--port", str(port), "--token", TOKEN]  # fmt: skip
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_omp_thread() -> Iterator[None]:
+    """The servers these tests start run one OpenMP thread: on a shared 2-core machine, OpenMP
+    barriers between busy cores cost the tiny avatar more than its work (tests/media.py)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        yield
+
+
+@pytest.fixture(scope="module")
+def server(tiny_avatar: Path) -> Iterator[LiveService]:
+    """One real `avatarcam serve --source webrtc` with an access token, for the module."""
+    live = LiveService(_serve_args(tiny_avatar))
+    yield live
+    live.stop()
+
+
+class RecordingCamera:
+    """A pyvirtualcam backend that records when each frame came (registered like the real ones)."""
+
+    frames: ClassVar[list[tuple[float, int]]] = []  # (monotonic time, frame size in bytes)
+    formats: ClassVar[list[tuple[int, int]]] = []
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None) -> None:
+        RecordingCamera.formats.append((width, height))
+
+    def device(self) -> str:
+        return "recording-camera"
+
+    def native_fourcc(self) -> int | None:
+        return None
+
+    def send(self, frame: np.ndarray) -> None:
+        RecordingCamera.frames.append((time.monotonic(), frame.size))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def recording_camera() -> Iterator[str]:
+    pyvirtualcam.register_backend("connect-recording", RecordingCamera)
+    RecordingCamera.frames.clear()
+    RecordingCamera.formats.clear()
+    yield "connect-recording"
+    del pyvirtualcam.camera.BACKENDS["connect-recording"]
+
+
+def _config(url: str, video: Path, **changes: Any) -> ConnectConfig:
+    base = ConnectConfig(url=url, camera=None, video=video, loop=True, sinks=(SinkSpec("null"),), report_every=0)
+    return replace(base, **changes)
+
+
+async def _until(condition: Any, timeout: float, what: str) -> float:
+    """Poll `condition()` until true; the monotonic time it became true."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+    return time.monotonic()
+
+
+# ---- without a server: the figures and what the sinks show --------------------------------------
+
+
+def test_glass_to_glass_takes_each_frame_id_once() -> None:
+    clock = FakeClock(10.0)
+    stats = ConnectStats(clock)
+    sent = Frame(np.zeros((64, 64, 3), np.uint8), 10.0, 0)
+    stats.stamped(sent)
+    assert stamp.read(sent.image) == sent.tag == 0  # the page's frame-id scheme, painted in place
+    back = Frame(np.zeros((64, 64, 3), np.uint8), 10.08, 0, tag=0)
+    assert stats.received(back) == pytest.approx(0.08)
+    assert stats.received(Frame(back.image, 10.12, 1, tag=0)) is None  # a repeat is no new sample
+    assert stats.received(Frame(back.image, 10.13, 2, tag=5)) is None  # an id never sent
+    assert stats.glass == [pytest.approx(0.08)] and stats.frames_received == 3
+
+
+@dataclass
+class Seen:
+    """A sink that keeps what it is sent."""
+
+    name: str = "seen"
+    report: Any = None
+    frames: list[Frame] = field(default_factory=list)
+
+    def send(self, frame: Frame) -> bool:
+        self.frames.append(frame)
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+def test_presenter_holds_the_last_frame_then_shows_the_card() -> None:
+    async def scenario() -> tuple[list[str | None], list[Frame]]:
+        clock = FakeClock(0.0)
+        stats = ConnectStats(clock)
+        sink = Seen()
+        presenter = Presenter([sink], (64, 64), 30, clock, stats, repeat_after=0.5, card_after=2.0)
+        steps: list[str | None] = [presenter.tick()]  # nothing yet, link down: the card
+        presenter.set_state(True)
+        presenter.show(Frame(np.full((32, 32, 3), 200, np.uint8), 0.0, 0))  # scaled to the sink size
+        for t in (0.1, 0.6):  # flowing, then a gap: the last frame again
+            clock.t = t
+            steps.append(presenter.tick())
+        presenter.set_state(False, "reconnecting", "the server went away")
+        for t in (1.5, 2.1):  # link down: the last frame, then the card
+            clock.t = t
+            steps.append(presenter.tick())
+        return steps, sink.frames
+
+    steps, seen = asyncio.run(scenario())
+    assert steps == ["card", None, "held", "held", "card"]
+    assert all(f.image.shape == (64, 64, 3) for f in seen)
+    assert [f.index for f in seen] == [-1, 0, -1, -1, -1]  # held and card frames are not avatar frames
+    assert np.array_equal(seen[2].image, seen[1].image) and not np.array_equal(seen[4].image, seen[1].image)
+
+
+def test_parse_sink_takes_the_service_sinks_and_window() -> None:
+    assert [str(parse_sink(s)) for s in ("virtualcam", "window", "file:o.mp4", "null")] == [
+        "virtualcam",
+        "window",
+        "file:o.mp4",
+        "null",
+    ]
+
+
+# ---- a real server ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_connect_video_into_a_file_through_a_real_server(
+    server: LiveService, driver_video: Path, tmp_path: Path
+) -> None:
+    """`connect --video clip --sink file:out.mp4 --seconds 10`: >= 150 avatar frames, finite figures."""
+    out, report_path = tmp_path / "out.mp4", tmp_path / "connect.json"
+    command = [str(Path(sys.executable).with_name("avatarcam")), "connect", server.url, "--video", str(driver_video),
+               "--loop", "--sink", f"file:{out}", "--seconds", "10", "--json", str(report_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.splitlines()[-1])
+    assert report == json.loads(report_path.read_text())
+    with av.open(str(out)) as container:
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    avatar_frames = len(frames) - report["held_frames"] - report["card_frames"]
+    assert report["frames_received"] >= 150 and avatar_frames >= 150, (len(frames), report)
+    assert frames[-1].shape == (64, 64, 3)  # the avatar's resolution, not the 512 px clip
+    glass = report["glass_ms"]
+    assert glass["samples"] >= 50 and 0 < glass["p50"] <= glass["p99"] < 10_000
+    assert np.isfinite([glass["p50"], glass["p99"], report["audio_delay_ms"], report["fps"]]).all()
+    assert report["audio_delay_ms"] >= glass["p50"]  # the video's delay up to the sink
+    assert report["rtt_ms"] is not None and report["rtt_ms"]["p50"] >= 0
+    assert report["server"]["type"] == "stats" and report["reconnects"] == 0
+    lines = [line for line in result.stderr.splitlines() if "glass-to-glass p50" in line]
+    assert len(lines) >= 5  # printed once a second
+
+
+@pytest.mark.slow
+def test_virtual_camera_through_a_registered_backend(
+    server: LiveService, driver_video: Path, recording_camera: str
+) -> None:
+    config = _config(server.url, driver_video, sinks=(SinkSpec("virtualcam"),), virtualcam_backend=recording_camera,
+                     seconds=3)  # fmt: skip
+    report = asyncio.run(connect(config))
+    ((width, height),) = RecordingCamera.formats
+    assert report["frames_received"] >= 10 and len(RecordingCamera.frames) >= 10
+    assert all(size == width * height * 3 for _, size in RecordingCamera.frames)  # pyvirtualcam checked RGB
+    assert report["glass_ms"] is not None
+
+
+@pytest.mark.slow
+def test_reconnects_after_the_server_is_killed_and_restarted(
+    tiny_avatar: Path, driver_video: Path, recording_camera: str
+) -> None:
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/?token={TOKEN}"
+    first = LiveService(_serve_args(tiny_avatar, port))
+    restarted: list[LiveService] = []
+    config = _config(url, driver_video, sinks=(SinkSpec("virtualcam"),), virtualcam_backend=recording_camera)
+
+    async def scenario() -> dict[str, float]:
+        client = Client(config)
+        await client.startup()
+        main = asyncio.create_task(client.main_loop())
+        try:
+            await _until(lambda: client.stats.frames_received >= 20, 60, "avatar frames")
+            await asyncio.to_thread(first.kill)  # SIGKILL mid-stream: no goodbye to the client
+            killed = time.monotonic()
+            await _until(lambda: client.state.startswith("reconnecting"), 10, "the client to notice")
+            restarted.append(await asyncio.to_thread(LiveService, _serve_args(tiny_avatar, port)))
+            up = time.monotonic()
+            back = await _until(lambda: (client.stats.last_frame_at or 0) > up, 10, "frames after the restart")
+            await _until(lambda: client.stats.frames_received >= 40, 30, "more frames")
+            assert not main.done()  # the same client, never restarted
+        finally:
+            client.should_exit.set()
+            await main
+            await client.shutdown()
+        camera = [t for t, _ in RecordingCamera.frames if killed < t < back]
+        gaps = np.diff([killed, *camera, back])
+        return {"resumed": back - up, "max_gap": float(gaps.max()), "cards": client.stats.cards,
+                "reconnects": client.stats.reconnects}  # fmt: skip
+
+    try:
+        result = asyncio.run(scenario())
+    finally:
+        first.kill()
+        for live in restarted:
+            live.stop()
+    assert result["resumed"] <= 10 and result["reconnects"] >= 1
+    # the device never froze: frames kept coming through the outage, and it said so
+    assert result["max_gap"] < 0.5 and result["cards"] > 0, result
+
+
+# ---- bad inputs: one line, exit code 2 -----------------------------------------------------------
+
+
+@pytest.fixture
+def not_avatarcam() -> Iterator[str]:
+    """Some other web server on loopback."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.end_headers()
+            self.wfile.write(b"<h1>Not Found</h1>")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """The CLI configures the root logger: put it back for the other tests."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def _one_error_line(stderr: str) -> str:
+    errors = [line for line in stderr.splitlines() if line.startswith("avatarcam: error:")]
+    assert len(errors) == 1 and "Traceback" not in stderr, stderr[-2000:]
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_wrong_token_exits_2_with_one_line(server: LiveService, driver_video: Path) -> None:
+    command = [str(Path(sys.executable).with_name("avatarcam")), "connect", server.base + "/", "--token", "wrong",
+               "--video", str(driver_video), "--sink", "null"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "refused the access token" in _one_error_line(result.stderr)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("restore_logging")
+@pytest.mark.parametrize(
+    ("target", "sink", "message"),
+    [
+        ("not-avatarcam", "null", "is not an avatarcam server"),
+        ("unreachable", "null", "cannot reach http://127.0.0.1:"),
+        ("server", "webrtc", "connect receives the avatar over WebRTC"),
+        ("server", "window", "cannot open a window"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(
+    target: str,
+    sink: str,
+    message: str,
+    request: pytest.FixtureRequest,
+    driver_video: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    if sink == "window" and display_problem() is None:
+        pytest.skip("this machine has a display: the window would open")
+    if target == "server":
+        url = request.getfixturevalue("server").url
+    elif target == "not-avatarcam":
+        url = request.getfixturevalue("not_avatarcam")
+    else:
+        url = f"http://127.0.0.1:{_free_port()}/"  # nothing listens there
+    code = avatarcam_cli.main(["connect", url, "--video", str(driver_video), "--sink", sink, "--seconds", "1"])
+    assert code == 2
+    assert message in _one_error_line(capsys.readouterr().err)
+
+
+@pytest.mark.skipif(display_problem() is not None, reason=f"no preview window here: {display_problem()}")
+@pytest.mark.slow
+def test_window_sink_shows_the_avatar(server: LiveService, driver_video: Path) -> None:
+    report = asyncio.run(connect(_config(server.url, driver_video, sinks=(SinkSpec("window"),), seconds=2)))
+    assert report["frames_received"] > 0
+
+
+def test_config_is_checked_at_the_edge(driver_video: Path) -> None:
+    with pytest.raises(ValueError, match="no such file"):
+        _config("http://127.0.0.1:1/", Path("nothing.mp4")).resolved()
+    with pytest.raises(ValueError, match="give the address"):
+        _config("127.0.0.1:8080", driver_video).resolved()
+    assert _config(f"http://h:1/?token={TOKEN}", driver_video).resolved().token == TOKEN  # as serve prints it
