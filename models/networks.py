@@ -8,6 +8,7 @@ Data flow of one frame (H = image_size, C = feature_channels, T = texture_size, 
     G_b() window at the crop's offset ------------------> bg features         [N, C, H, W]
     blend(face, fg, bg; face mask, m_fg) ----------------> features            [N, C, H, W]
     S_2(features, code) --------------------------------> I_A, I_FM           [N, 3 + 1, H, W]
+    I_FM * I_A + (1 - I_FM) * plate (network.plate) -----> image               [N, 3, H, W]
 
 G_f and G_b depend on nothing but their own weights, so at inference they run once and are
 cached (`static_features`); only the two StyleUNets run per frame.
@@ -356,6 +357,10 @@ class SelfieAvatarGenerator(nn.Module):
         # Per-frame temporal codes; N(0, 1) like z, learned with the networks.
         self.frame_codes = nn.Embedding(num_frames, config.latent_dim)
         nn.init.normal_(self.frame_codes.weight)
+        if config.plate:
+            # The person-free background on the canvas, in [-1, 1]; fixed (seed_plate), not learned.
+            self.register_buffer("plate", torch.zeros(1, 3, config.canvas_size, config.canvas_size))
+            self.plate: Tensor
         self._static_cache: StaticFeatures | None = None
         self._generated_cache: StaticFeatures | None = None
         self._generated_key: tuple[int, ...] = ()
@@ -425,10 +430,23 @@ class SelfieAvatarGenerator(nn.Module):
             t = F.interpolate(texture_rgb[None].float(), size=(cfg.texture_size,) * 2, mode="area")
             self.texture_direct.seed(t * 2 - 1)
         if background_rgb is not None:
-            b = F.interpolate(background_rgb[None].float(), size=(cfg.image_size,) * 2, mode="area")
-            pad = (cfg.canvas_size - cfg.image_size) // 2
-            extra = cfg.canvas_size - cfg.image_size - pad
-            self.background_direct.seed(F.pad(b, (pad, extra, pad, extra), mode="replicate") * 2 - 1)
+            self.background_direct.seed(self._on_canvas(background_rgb) * 2 - 1)
+
+    def seed_plate(self, plate_rgb: Tensor) -> None:
+        """Set the background plate from an image [3, H, W] in [0, 1] (resized to image_size; the
+        canvas's margin repeats its border, as in seed_static)."""
+        if not self.config.plate:
+            raise ValueError("seed_plate needs network.plate")
+        with torch.no_grad():
+            self.plate.copy_(self._on_canvas(plate_rgb) * 2 - 1)
+
+    def _on_canvas(self, image: Tensor) -> Tensor:
+        """[C, H', W'] -> [1, C, S', S']: resized to image_size and centred, the margin repeating the border."""
+        cfg = self.config
+        b = F.interpolate(image[None].float(), size=(cfg.image_size,) * 2, mode="area")
+        pad = (cfg.canvas_size - cfg.image_size) // 2
+        extra = cfg.canvas_size - cfg.image_size - pad
+        return F.pad(b, (pad, extra, pad, extra), mode="replicate")
 
     def static_features(self) -> StaticFeatures:
         """G_f and G_b's outputs, recomputed only when their weights changed.
@@ -525,11 +543,14 @@ class SelfieAvatarGenerator(nn.Module):
 
         out = self.image_unet(features, code, noise_mode)  # [N, 4, H, W]
         image = out[:, :3]
+        mask = torch.sigmoid(out[:, 3:])
         if self.config.rgb_skip:
             image = rgb_residual(image, face_mask, face_features, background)
+        if self.config.plate:
+            image = over_plate(image, mask, crop_windows(self.plate, window, n, h))
         return GeneratorOutput(
             image=image,
-            mask=torch.sigmoid(out[:, 3:]),
+            mask=mask,
             foreground=foreground,
             face_mask=face_mask,
             face_features=face_features,
@@ -547,6 +568,12 @@ def rgb_residual(residual: Tensor, face_mask: Tensor, face: Tensor, background: 
     and the canvas's RGB elsewhere. residual [N, 3, H, W], face_mask [N, 1, H, W], face and
     background features [N, C, H, W] -> [N, 3, H, W]."""
     return residual + face_mask * face[:, :3] + (1 - face_mask) * background[:, :3]
+
+
+def over_plate(image: Tensor, mask: Tensor, plate: Tensor) -> Tensor:
+    """network.plate's composite: image [N, 3, H, W] where the mask [N, 1, H, W] says person,
+    the plate [N or 1, 3, H, W] elsewhere."""
+    return mask * image + (1 - mask) * plate
 
 
 def _style_unet(config: NetworkConfig, in_channels: int, out_channels: int) -> StyleUNet:

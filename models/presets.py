@@ -71,8 +71,13 @@ class NetworkConfig:
     G_f's texture and G_b's canvas, so every texel gets gradient from the first step; 0: off."""
     rgb_skip: bool = False
     """S_2 predicts a residual over the first three feature channels, which hold RGB (the photo
-    texture on the face, the background plate behind): the image is right at step 0 where the
+    texture on the face, the canvas behind): the image is right at step 0 where the
     features are, and the network learns what the features cannot say."""
+    plate: bool = False
+    """The image is composited over a fixed background plate (the person-free median of the
+    training frames) with the predicted person mask: I = I_FM * I_A + (1 - I_FM) * plate. Without
+    it the frame around the person is the canvas, which holds the mean frame's ghost of the head
+    and shoulders wherever the person sometimes was; with it that ring is the real background."""
 
     def __post_init__(self) -> None:
         counts = [f.name for f in dataclasses.fields(self) if f.type == "int" and f.name != "direct_levels"]
@@ -377,6 +382,7 @@ _CPU_256 = Preset(
         disc_channel_max=256,
         direct_levels=4,
         rgb_skip=True,
+        plate=True,
     ),
     train=TrainConfig(
         batch_size=2,
@@ -408,6 +414,7 @@ _256 = Preset(
         disc_channel_max=512,
         direct_levels=4,
         rgb_skip=True,
+        plate=True,
     ),
     train=TrainConfig(
         batch_size=8,
@@ -438,6 +445,7 @@ _512 = Preset(
         disc_channel_max=512,
         direct_levels=4,
         rgb_skip=True,
+        plate=True,
     ),
     train=TrainConfig(
         batch_size=4,

@@ -158,6 +158,8 @@ class Trainer:
             generator.seed_static(
                 frames.photo_texture(), frames.image.sum(dim=0, dtype=torch.float32) / (255 * len(frames))
             )
+        if net.plate:
+            generator.seed_plate(frames.background.float() / 255)
         generator = generator.to(device)
         discriminator = Discriminator(net, preset.train.detail_crop).to(device)
         ema = copy.deepcopy(generator).eval().requires_grad_(False)

@@ -4,6 +4,7 @@ bf16 autocast, the time budget and the evaluation baselines. No wall-clock asser
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 import os
 import signal
 import subprocess
@@ -17,7 +18,10 @@ import torch
 
 from models.data import FrameSet, cut, detail_boxes
 from models.evaluate import Baselines, beats_baselines, expression_correlations
+from models.engines.inference import TeacherNet
+from models.layers import ToRGB
 from models.networks import LaplacianPyramid, SelfieAvatarGenerator, sample_texture
+from tracking.prepare import estimate_background
 from models.train import TrainError, TrainOptions, override_preset, run
 from tracking.prepare import PrepareConfig
 from tracking.prepare import run as prepare
@@ -105,6 +109,48 @@ def test_seeded_generator_starts_from_the_photo() -> None:
     seeded_error = (out.image - expected).abs().mean()
     assert seeded_error < 0.5 * (plain.image - expected).abs().mean()
     assert seeded_error < 0.25
+
+
+def test_plate_shows_where_the_mask_says_background() -> None:
+    """network.plate: the image is the plate where I_FM is 0 and S_2's image where it is 1, in the
+    generator and in the folded engine alike."""
+    preset = override_preset(
+        TrainOptions(Path("."), Path("."), preset="tiny").resolved_preset(), (*RECIPE, ("network.plate", "true"))
+    )
+    torch.manual_seed(0)
+    generator = SelfieAvatarGenerator(preset.network, 4).eval()
+    plate = torch.rand(3, 64, 64)
+    generator.seed_plate(plate)
+    last_rgb = [m for m in generator.image_unet.modules() if isinstance(m, ToRGB)][-1]
+    uv, shaded = torch.rand(2, 3, 64, 64), torch.rand(2, 3, 64, 64)
+    uv[:, 2] = (uv[:, 2] > 0.5).float() * 0.2
+    for logit, expect_plate in ((-40.0, True), (40.0, False)):
+        with torch.no_grad():
+            last_rgb.bias[3] = logit  # the last ToRGB's mask channel: I_FM saturates at 0 or 1
+            out = generator(uv, shaded, None, None, noise_mode="const")
+            folded, mask = TeacherNet(generator)(uv, shaded)
+        without = SelfieAvatarGenerator(replace(preset.network, plate=False), 4)
+        without.load_state_dict({k: v for k, v in generator.state_dict().items() if k != "plate"})
+        with torch.no_grad():
+            plain = without(uv, shaded, None, None, noise_mode="const")
+        target = plate[None].expand(2, -1, -1, -1) * 2 - 1 if expect_plate else plain.image
+        torch.testing.assert_close(out.image, target, atol=1e-5, rtol=0)
+        torch.testing.assert_close(folded, out.image, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(mask, out.mask, atol=1e-5, rtol=1e-4)
+
+
+def test_background_plate_ignores_rare_glimpses() -> None:
+    """A pixel the mask missed in one frame out of twenty does not paint the person into the plate."""
+    wall, person = np.full((64, 64, 3), 200, np.uint8), np.full((64, 64, 3), 30, np.uint8)
+    covered = np.zeros((64, 64), np.uint8)
+    covered[16:48, 16:48] = 255
+    samples = [(np.where(covered[..., None] > 0, person, wall), covered) for _ in range(19)]
+    missed = covered.copy()
+    missed[20:30, 20:30] = 0  # one frame where segmentation lost part of the person
+    samples.append((np.where(covered[..., None] > 0, person, wall), missed))
+    plate = estimate_background(samples).astype(int)
+    assert abs(plate[25, 25] - 200).max() < 40, plate[25, 25]  # inpainted from the wall, not the person
+    assert (plate[:8] == 200).all()
 
 
 def test_detail_boxes_follow_the_face() -> None:

@@ -357,13 +357,20 @@ def _save_split_tracking(path: Path, split: Split) -> None:
 
 
 def estimate_background(samples: list[tuple[U8, U8]]) -> U8:
-    """Per-pixel median of the pixels not covered by the person; holes are inpainted."""
+    """The person-free plate: per-pixel median of the pixels the person does not cover.
+
+    The masks are dilated first, so the segmentation's soft rim (hair strands, a shoulder's edge)
+    stays out of the median, and a pixel needs to be free in at least a tenth of the samples:
+    one seen in only a frame or two, where the mask missed part of the person, would otherwise
+    paint that part into the plate. The rest is inpainted from its surroundings."""
     if not samples:
         raise PrepareError("no frames to estimate the background from")
     images = np.stack([s[0] for s in samples]).astype(np.float32)
-    free = np.stack([s[1] for s in samples]) < 128
+    side = images.shape[1]
+    kernel = np.ones((side // 32 | 1,) * 2, np.uint8)
+    free = np.stack([cv2.dilate(s[1], kernel) for s in samples]) < 128
     stacked = np.where(free[..., None], images, np.nan)
-    seen = free.any(axis=0)
+    seen = free.sum(axis=0) >= max(1, min(3, len(samples)), len(samples) // 10)
     median = np.zeros(images.shape[1:], dtype=np.float32)
     if seen.any():
         median[seen] = np.nanmedian(stacked[:, seen], axis=0)

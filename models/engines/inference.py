@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from models.avatar import Avatar
 from models.layers import ModulatedConv2d, assert_shape, downsample2x, upsample2x
-from models.networks import SelfieAvatarGenerator, StyleUNet, rgb_residual, sample_texture
+from models.networks import SelfieAvatarGenerator, StyleUNet, over_plate, rgb_residual, sample_texture
 
 
 class FoldedConv(nn.Module):
@@ -93,10 +93,13 @@ class TeacherNet(nn.Module):
         self.register_buffer("w_fg", w1)  # [1, w_dim]
         self.register_buffer("w_img", w2)  # [1, w_dim]
         self.rgb_skip = cfg.rgb_skip
+        plate = generator.plate[:, :, o : o + self.size, o : o + self.size].detach().clone() if cfg.plate else None
+        self.register_buffer("plate", plate)  # [1, 3, H, W] or None
         self.texture: Tensor
         self.background: Tensor
         self.w_fg: Tensor
         self.w_img: Tensor
+        self.plate: Tensor | None
         self.requires_grad_(False)
 
     def forward(self, uv: Tensor, shaded: Tensor) -> tuple[Tensor, Tensor]:
@@ -113,9 +116,12 @@ class TeacherNet(nn.Module):
         features = foreground * person + (1 - foreground) * background
         out = self.image_unet.synthesize(features, self.w_img.expand(n, -1), "const")  # [N, 4, H, W]
         image = out[:, :3]
+        mask = torch.sigmoid(out[:, 3:])
         if self.rgb_skip:
             image = rgb_residual(image, face_mask, face, background)
-        return image, torch.sigmoid(out[:, 3:])
+        if self.plate is not None:
+            image = over_plate(image, mask, self.plate.to(uv.dtype))
+        return image, mask
 
 
 def inference_network(avatar: Avatar) -> nn.Module:
