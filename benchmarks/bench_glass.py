@@ -7,13 +7,17 @@ onto the avatar frame, and the page times camera capture -> avatar frame display
 warm-up this collects every sample for --seconds and prints JSON with the page's and the
 service's figures. Needs Debian's chromium and chromium-driver (`make browser-setup`).
 
-    .venv/bin/python benchmarks/bench_glass.py --seconds 60 [--screenshots web/]
+With --connect, `avatarcam connect` then sends the same clip to the same service for the same
+time, after the page has closed, and its own glass-to-glass report is printed beside the page's.
+
+    .venv/bin/python benchmarks/bench_glass.py --seconds 60 [--connect] [--screenshots web/]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -37,12 +41,26 @@ def _percentiles(values: list[float]) -> dict[str, float]:
     return {"samples": int(a.size), "p50": round(p50, 1), "p90": round(p90, 1), "p99": round(p99, 1)}
 
 
+def _connect(url: str, camera: Path, seconds: float, codec: str, report: Path) -> dict[str, object]:
+    """`avatarcam connect` with the page's camera clip as its camera, for `seconds` of avatar."""
+    avatarcam = Path(sys.executable).with_name("avatarcam")
+    command = [str(avatarcam), "connect", url, "--video", str(camera), "--loop", "--sink", "null",
+               "--seconds", str(seconds), "--codec", codec, "--json", str(report)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 600)
+    if done.returncode != 0:
+        raise RuntimeError(f"avatarcam connect failed ({done.returncode}): {done.stderr[-2000:]}")
+    full = json.loads(report.read_text())
+    keys = ("seconds", "frames_received", "fps", "glass_ms", "rtt_ms", "dropped", "audio_delay_ms", "server")
+    return {"command": " ".join(["avatarcam", *command[1:]]), **{k: full[k] for k in keys}}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0, help="how long to collect samples after warm-up")
     parser.add_argument("--codec", default="vp8", choices=["vp8", "h264"])
     parser.add_argument("--device", default="cpu", help="the service's engine device")
     parser.add_argument("--screenshots", type=Path, help="save screenshot.png and screenshot-dashboard.png here")
+    parser.add_argument("--connect", action="store_true", help="then measure `avatarcam connect` on the same service")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-glass-") as tmp:
@@ -92,6 +110,11 @@ def main() -> int:
                 "page_rtt_ms_median": round(float(np.median(rtt)), 1) if rtt else None,
                 "server": {k: server[k] for k in ("fps", "frames", "dropped", "stages_ms", "e2e_ms", "glass_ms")},
             }
+            for browser in browsers:
+                browser.quit()
+            browsers.clear()
+            if args.connect:
+                result["connect"] = _connect(live.url, camera, args.seconds, args.codec, Path(tmp) / "connect.json")
             print(json.dumps(result, indent=2))
         finally:
             for browser in browsers:

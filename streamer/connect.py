@@ -260,7 +260,7 @@ class ConnectStats:
         """Frames that did not make it, by where: `capture` (the encoder was busy with an
         older frame), `lost` (sent with an id that never came back: dropped by the server to
         keep latency bounded, or on the network), `server` (the server's own count), `sinks`
-        (a sink was busy)."""
+        (a busy sink replaced an avatar, held or card frame by a newer one)."""
         server = int(self.server.get("dropped") or 0) if self.server else 0
         lost = max(0, self.frames_sent - self.echoed) if self.echoed else 0
         return {"capture": self.capture_dropped, "lost": lost, "server": server, "sinks": sink_dropped}
@@ -274,7 +274,7 @@ class ConnectStats:
         delay = self.audio_delay_ms()
         return (
             f"avatarcam: {state} | {self.fps():.1f} fps | glass-to-glass {g} | rtt {rtt} | "
-            f"dropped {d['capture'] + d['lost'] + d['sinks']} (lost {d['lost']}) | "
+            f"dropped {d['capture'] + d['lost']} (lost {d['lost']}) | "
             f"set audio delay {'–' if delay is None else f'{delay:.0f} ms'}"
         )
 
