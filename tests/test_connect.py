@@ -62,7 +62,7 @@ def server(tiny_avatar: Path) -> Iterator[LiveService]:
     """One real `avatarcam serve --source webrtc` with an access token, for the module."""
     live = LiveService(_serve_args(tiny_avatar))
     yield live
-    live.stop()
+    live.stop(timeout=180)  # a starved 2-core machine takes its time; the stop is still checked
 
 
 class RecordingCamera:
@@ -188,7 +188,7 @@ def test_connect_video_into_a_file_through_a_real_server(
     out, report_path = tmp_path / "out.mp4", tmp_path / "connect.json"
     command = [str(Path(sys.executable).with_name("avatarcam")), "connect", server.url, "--video", str(driver_video),
                "--loop", "--sink", f"file:{out}", "--seconds", "10", "--json", str(report_path)]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.splitlines()[-1])
     assert report == json.loads(report_path.read_text())
@@ -258,7 +258,7 @@ def test_reconnects_after_the_server_is_killed_and_restarted(
     finally:
         first.kill()
         for live in restarted:
-            live.stop()
+            live.stop(timeout=180)
     assert result["resumed"] <= 10 and result["reconnects"] >= 1
     # the device never froze: frames kept coming through the outage, and it said so
     assert result["max_gap"] < 0.5 and result["cards"] > 0, result
@@ -309,7 +309,7 @@ def _one_error_line(stderr: str) -> str:
 def test_wrong_token_exits_2_with_one_line(server: LiveService, driver_video: Path) -> None:
     command = [str(Path(sys.executable).with_name("avatarcam")), "connect", server.base + "/", "--token", "wrong",
                "--video", str(driver_video), "--sink", "null"]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert "refused the access token" in _one_error_line(result.stderr)
 
