@@ -56,6 +56,9 @@ class EvaluateOptions:
     Attributes:
         source: a run folder (its newest checkpoint) or a `.avatar` file.
         data: the prepared dataset (test split, person masks, expression model, training frames).
+            Optional for a `.avatar` file (it carries the expression model and crop) with
+            `--driver` or `--video`: then there are no baselines, and cross-reenactment's CSIM
+            compares with the avatar's own neutral render instead of its training frames.
         out: the report folder (metrics.json, index.html, frames/, plots.png).
         driver: a video of another person: cross-reenactment instead of self-reenactment.
         video: a video of the same person to self-reenact instead of the dataset's test split.
@@ -77,7 +80,7 @@ class EvaluateOptions:
     """
 
     source: Path
-    data: Path
+    data: Path | None
     out: Path
     driver: Path | None = None
     video: Path | None = None
@@ -97,7 +100,12 @@ class EvaluateOptions:
     def validate(self) -> None:
         if not self.source.exists():
             raise EvaluateError(f"{self.source}: no such run folder or avatar file")
-        if not (self.data / "manifest.json").is_file():
+        if self.data is None:
+            if self.source.is_dir():
+                raise EvaluateError(f"{self.source} is a run folder: pass --data (exporting it needs the dataset)")
+            if self.driver is None and self.video is None:
+                raise EvaluateError("self-reenactment of the test split needs --data; or pass --video V or --driver V")
+        elif not (self.data / "manifest.json").is_file():
             raise EvaluateError(f"{self.data} is not a prepared dataset (no manifest.json); run `avatarcam prepare`")
         if self.driver is not None and self.video is not None:
             raise EvaluateError("pass either --driver (cross-reenactment) or --video (self-reenactment), not both")
@@ -116,12 +124,14 @@ class EvaluateOptions:
 # ---------------------------------------------------------------------------------- inputs
 
 
-def load_for_evaluation(source: Path, data: Path, device: str, workdir: Path) -> tuple[Avatar, dict[str, Any]]:
+def load_for_evaluation(source: Path, data: Path | None, device: str, workdir: Path) -> tuple[Avatar, dict[str, Any]]:
     """The avatar to evaluate and a description of it. A run folder is exported exactly as
     `avatarcam export` would (into `workdir`), so what is measured is what users get."""
     from models.avatar import export
 
     if source.is_dir():
+        if data is None:
+            raise EvaluateError(f"{source} is a run folder: pass --data (exporting it needs the dataset)")
         path = export(source, data, workdir / "evaluated.avatar", subject=f"run {source}", consent="evaluation only")
     else:
         path = source
@@ -423,6 +433,22 @@ def _reference_identity(csim: CSIM, data: Path, size: int) -> torch.Tensor:
     return mean / mean.norm()
 
 
+def _avatar_identity(csim: CSIM, avatar: Avatar, engine: Engine) -> torch.Tensor:
+    """[512] unit embedding without the training frames: the avatar's own render at its neutral
+    expression and pose (what the file carries)."""
+    from tracking.expression import Retargeter
+    from tracking.mesh import load_canonical_mesh
+    from tracking.render import FaceRenderer
+
+    size = engine.resolution
+    retarget = Retargeter(avatar.expression)
+    landmarks = avatar.crop.points(retarget(retarget.reference.blendshapes, retarget.reference.pose))
+    conditioning = FaceRenderer(load_canonical_mesh(), size)(landmarks)
+    out = engine(conditioning.uv_u16()[None], conditioning.shaded_u8()[None])
+    embedding = csim.embed(_tensor(out.image), torch.from_numpy(face_boxes(landmarks[None])))[0]
+    return embedding / embedding.norm()
+
+
 def driver_neutral(driver: Path, seconds: float, frame: int | None) -> tuple[F32, npt.NDArray[np.float64], int]:
     """The driver's neutral (blendshapes, pose vector, frame): the given frame, or the frame with
     the least expression among the first `seconds`."""
@@ -473,7 +499,10 @@ def evaluate_cross(
     neutral_blend, neutral_pose, _ = driver_neutral(driver_path, options.calibrate_seconds, options.calibrate_frame)
 
     csim = CSIM(options.weights, torch.device(options.device))
-    reference = _reference_identity(csim, options.data, size)
+    if options.data is not None:
+        reference = _reference_identity(csim, options.data, size)
+    else:
+        reference = _avatar_identity(csim, avatar, engine)
     per_frame: dict[str, list[float]] = {"aed": [], "apd": [], "csim": []}
     frames: list[int] = []
     driver_track: list[tuple[F32, npt.NDArray[np.float64]]] = []
@@ -519,6 +548,7 @@ def evaluate_cross(
         "aed": float(np.mean(per_frame["aed"])) if output_track else None,
         "apd": float(np.mean(per_frame["apd"])) if output_track else None,
         "csim": float(np.mean(per_frame["csim"])),
+        "csim_reference": "training frames" if options.data is not None else "the avatar's neutral render (no --data)",
         "frames": len(frames),
         "compared_frames": len(output_track),
         "driver_face_missing": untracked_driver,
@@ -640,6 +670,7 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
                 count, batches = video_frames(options.video, options.max_frames, size, options.batch)
                 source = str(options.video)
             else:
+                assert options.data is not None  # validate() asks for it
                 count, batches = split_frames(options.data, options.split, options.max_frames, size, options.batch)
                 source = f"{options.data} ({options.split} split)"
             rank_by = "lpips" if "lpips" in options.metrics else options.metrics[0]
@@ -652,7 +683,8 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
                 higher_is_better=rank_by in ("psnr", "ssim", "csim"),
                 worst=options.worst,
             )
-            baselines = Baselines(options.data, size) if options.video is None and options.baselines else None
+            wanted = options.video is None and options.baselines
+            baselines = Baselines(options.data, size) if wanted and options.data is not None else None
             by_region, per_frame, frames, baseline_results = evaluate_self(
                 engine, count, batches, options, report, baselines
             )
@@ -670,7 +702,7 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
         {
             "avatar": about,
             "resolution": size,
-            "data": str(options.data),
+            "data": str(options.data) if options.data is not None else None,
             "seconds": round(time.perf_counter() - began, 1),
             "options": json.loads(json.dumps(asdict(options), default=str)),
         }

@@ -74,8 +74,10 @@ def _cover(picture: U8, size: int) -> U8:
     return np.ascontiguousarray(resized[y : y + size, x : x + size])
 
 
-def _badge(size: int) -> tuple[tuple[slice, slice], F32, U8]:
-    """The badge's region, its alpha [h, w, 1] and its colours [h, w, 3], drawn once."""
+def badge_patch(size: int, width: int | None = None) -> tuple[tuple[slice, slice], F32, U8]:
+    """The badge's region in the bottom-right corner of a size x width frame (width: size), its
+    alpha [h, w, 1] and its colours [h, w, 3], drawn once. Its scale follows the frame's height."""
+    width = size if width is None else width
     scale = max(size / 640, 0.3)
     thickness = max(1, round(size / 320))
     (tw, th), base = cv2.getTextSize(BADGE_TEXT, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
@@ -86,8 +88,35 @@ def _badge(size: int) -> tuple[tuple[slice, slice], F32, U8]:
     alpha = np.full((h, w, 1), 0.6, np.float32)  # a dark plate behind the text
     alpha[colour[..., :1] > 0] = 1.0
     margin = pad
-    region = (slice(size - margin - h, size - margin), slice(size - margin - w, size - margin))
+    region = (slice(size - margin - h, size - margin), slice(width - margin - w, width - margin))
     return region, alpha, colour
+
+
+def draw_badge(out: U8, badge: tuple[tuple[slice, slice], F32, U8]) -> None:
+    """Blend a `badge_patch` into `out` in place."""
+    region, alpha, colour = badge
+    patch = out[region].astype(np.float32)
+    out[region] = (patch + alpha * (colour - patch)).round().astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """What a frame was composed from, for a sink that composes it again at another size (the
+    virtual camera frames it into a 16:9 webcam picture; `streamer.framing`).
+
+    Attributes:
+        image: [r, r, 3] uint8 RGB, the engine's output (its learned background).
+        mask: [r, r] uint8, the predicted person mask I_FM.
+        background: the stream's background mode when the frame was made.
+        badge: the published frame carries the visible badge.
+        watermark: the avatar's invisible mark (None: unmarked).
+    """
+
+    image: U8
+    mask: U8
+    background: Background
+    badge: bool
+    watermark: Watermarker | None
 
 
 class Compositor:
@@ -119,7 +148,7 @@ class Compositor:
             if bgr is None:
                 raise ValueError(f"cannot read background image {config.image}")
             self._picture = _cover(np.asarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), np.uint8), resolution)
-        self._badge = _badge(resolution)
+        self._badge = badge_patch(resolution)
         self.watermark = watermark
 
     def set_background(self, mode: Background) -> None:
@@ -127,6 +156,10 @@ class Compositor:
         if mode is Background.IMAGE and self._picture is None:
             raise ValueError("no background image was given to this stream (--background-image)")
         self.background = mode
+
+    def layers(self, image: U8, mask: U8) -> Layers:
+        """The inputs of `__call__` and the current settings, for sinks that compose again."""
+        return Layers(image, mask, self.background, self.badge, self.watermark)
 
     def __call__(self, image: U8, mask: U8) -> U8:
         """image: [H, W, 3] uint8 RGB, mask: [H, W] uint8 person mask -> [H, W, 3] uint8 RGB."""
@@ -144,9 +177,7 @@ class Compositor:
             out = (behind + alpha * (image.astype(np.float32) - behind)).round().astype(np.uint8)
         if self.badge:
             out = out.copy() if out is image else out
-            region, alpha, colour = self._badge
-            patch = out[region].astype(np.float32)
-            out[region] = (patch + alpha * (colour - patch)).round().astype(np.uint8)
+            draw_badge(out, self._badge)
         if self.watermark is not None:
             out = self.watermark(out, inplace=out is not image)
         return out

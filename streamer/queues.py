@@ -46,6 +46,10 @@ class DropQueue(Generic[T]):
             await self._ready.wait()
         return self._items.popleft()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Wake waiters; `get` raises Closed after the remaining items."""
         self._closed = True

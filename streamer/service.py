@@ -26,6 +26,7 @@ from streamer.capacity import Capacity, time_encoder
 from streamer.clock import Clock, MonotonicClock
 from streamer.compose import Background, ComposeConfig
 from streamer.engine_pool import EnginePool
+from streamer.framing import FramingConfig
 from streamer.metrics import Metrics
 from streamer.session import AvatarEntry, AvatarSession, SessionConfig
 from streamer.sinks import FileSink, NullSink, SinkError, SinkSpec, VirtualCamSink
@@ -66,6 +67,8 @@ class ServeConfig:
         loop: play a file source again from the start when it ends.
         backend, device: the engine.
         compose: background mode and badge.
+        framing: the virtual camera's format (default 1280x720) and how the avatar fills it; its
+            background picture is compose.image.
         badge_required: force the synthetic badge (the shipped demo avatar).
         token: access token for page, API and signaling; required when host is not loopback
             (None there: one is generated and printed).
@@ -104,6 +107,7 @@ class ServeConfig:
     backend: str = "torch"
     device: str = "cpu"
     compose: ComposeConfig = field(default_factory=ComposeConfig)
+    framing: FramingConfig = field(default_factory=FramingConfig)
     badge_required: bool = False
     token: str | None = None
     allowed_origins: tuple[str, ...] = ()
@@ -165,6 +169,9 @@ class ServeConfig:
             raise ValueError("the operator token must differ from the viewer token")
         self.compose.validate()
         resolved = self
+        if self.framing.image != self.compose.image:
+            resolved = replace(resolved, framing=replace(self.framing, image=self.compose.image))
+        resolved.framing.validate()
         if self.token is None and not self.loopback:
             resolved = replace(resolved, token=secrets.token_urlsafe(24))
         if self.operator_token is None:
@@ -220,11 +227,49 @@ class Service:
         compose = self.config.compose
         if background is not None:
             compose = replace(compose, background=background)
-        return SessionConfig(self.config.backend, self.config.device, compose, stamp=stamp, engines=self.engines)
+        return SessionConfig(
+            self.config.backend,
+            self.config.device,
+            compose,
+            stamp=stamp,
+            idle_fps=self.config.fps or 30.0,
+            engines=self.engines,
+        )
+
+    def _open_cameras(self) -> list[VirtualCamSink]:
+        """The virtual cameras, publishing their starting card at once: a meeting app sees a
+        live device from the first second, while the avatar loads."""
+        cameras = []
+        for spec in self.config.sinks:
+            if spec.kind != "virtualcam":
+                continue
+            if self.config.source.kind == "webrtc":
+                raise SinkError(f"sink {spec} needs a shared source (camera:N or file:PATH), not webrtc")
+            fps = self.config.fps or 30.0
+            try:
+                cam = VirtualCamSink(self.config.framing, fps, self.clock, self.config.virtualcam_backend)
+            except SinkError as exc:
+                if not self.config.virtualcam_optional:
+                    raise
+                log.warning("no virtual camera: %s", exc)
+                continue
+            cam.start()
+            cameras.append(cam)
+        return cameras
 
     async def startup(self) -> None:
-        """Load avatars and, for a camera or file source, start the shared session and its sinks."""
+        """Open the virtual cameras (starting card), load avatars and, for a camera or file
+        source, start the shared session and its sinks."""
         set_bitrate(self.config.bitrate)
+        cameras = self._open_cameras()
+        try:
+            await self._load(cameras)
+        except BaseException:
+            for cam in cameras:
+                await cam.close()
+            raise
+
+    async def _load(self, cameras: list[VirtualCamSink]) -> None:
         for path in self.config.avatars:
             entry = await asyncio.to_thread(
                 AvatarEntry.load, path, badge_required=self.config.badge_required, device=self.config.device
@@ -249,19 +294,10 @@ class Service:
             return
         source = open_source(self.config.source, self.clock, loop=self.config.loop)
         shared = AvatarSession("main", self.default_avatar, source, self.session_config(), self.clock, self.metrics)
-        resolution = self.default_avatar.resolution
+        for cam in cameras:
+            shared.add_sink(cam)
         for spec in self.config.sinks:
-            if spec.kind == "virtualcam":
-                fps = self.config.fps or 30.0
-                try:
-                    cam = VirtualCamSink(resolution, resolution, fps, self.clock, self.config.virtualcam_backend)
-                except SinkError as exc:
-                    if not self.config.virtualcam_optional:
-                        raise
-                    log.warning("no virtual camera: %s", exc)
-                    continue
-                shared.add_sink(cam)
-            elif spec.kind == "file":
+            if spec.kind == "file":
                 identity = self.default_avatar.avatar.identity  # the file's content credentials name it
                 shared.add_sink(FileSink(Path(spec.target), self.clock, self.config.fps or 30.0, identity=identity))
             elif spec.kind == "null":

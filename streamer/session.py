@@ -17,20 +17,23 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
+
 from models.avatar import Avatar, load_avatar
 from models.engines import Engine, create_engine
 from models.engines.base import U16
 from streamer import stamp
-from streamer.clock import Clock
+from streamer.clock import Clock, Pacer
 from streamer.compose import Background, ComposeConfig, Compositor
 from streamer.engine_pool import EnginePool, SharedEngine
 from streamer.frames import U8, Frame
+from streamer.idle import IdleConfig, IdleDriver
 from streamer.metrics import Metrics, SessionStats
 from streamer.queues import Closed, DropQueue
 from streamer.sinks import Sink
 from streamer.sources import Source, SourceEnded
 from streamer.watermark import maybe_watermark
-from tracking.live import LiveConfig, LiveDriver
+from tracking.live import LiveConfig
 from tracking.render import Conditioning, FaceRenderer
 from tracking.tracker import FaceTracker
 
@@ -75,6 +78,8 @@ class SessionConfig:
         stamp: echo input frame identifiers onto output frames (glass-to-glass measurement).
         calibrate_after: take the driver's neutral from the Nth frame with a face (0: never).
         live: smoothing and face-loss behaviour.
+        idle: the idle pose (blinks, breath) shown while the face is lost or the driver paused.
+        idle_fps: the rate of the session's own idle ticks while no driver frame comes.
         engines: share one engine per avatar with the other sessions of this pool (None: own engine).
     """
 
@@ -84,6 +89,8 @@ class SessionConfig:
     stamp: bool = False
     calibrate_after: int = 10
     live: LiveConfig = field(default_factory=LiveConfig)
+    idle: IdleConfig = field(default_factory=IdleConfig)
+    idle_fps: float = 30.0
     engines: EnginePool | None = field(default=None, compare=False)
 
 
@@ -109,17 +116,17 @@ class _TimedRenderer(FaceRenderer):
 class _Driving:
     """The tracking side of a session (lives on the drive thread)."""
 
-    def __init__(self, entry: AvatarEntry, live: LiveConfig) -> None:
+    def __init__(self, entry: AvatarEntry, live: LiveConfig, idle: IdleConfig) -> None:
         tracker = FaceTracker(mode="video", max_faces=1)
         self.renderer = _TimedRenderer(tracker.mesh, entry.resolution)
-        self.driver = LiveDriver(entry.avatar.expression, entry.avatar.crop, self.renderer, tracker, live)
+        self.driver = IdleDriver(entry.avatar.expression, entry.avatar.crop, self.renderer, tracker, live, idle)
         self.faces = 0
 
     def __call__(self, frame: Frame, calibrate_after: int) -> tuple[U16, U8, float, float]:
         """-> (uv [1, H, W, 3] uint16, shaded [1, H, W, 3] uint8, track seconds, render seconds)."""
         start = time.perf_counter()
         self.renderer.seconds = 0.0
-        result = self.driver(frame.image, frame.captured)
+        result = self.driver.idle(frame.captured) if frame.idle else self.driver(frame.image, frame.captured)
         frame.face_found = result.face_found
         if result.face_found:
             self.faces += 1
@@ -155,7 +162,8 @@ class _Generating:
         image: U8 = self.compositor(out.image[0], out.mask[0])
         if stamp_output and frame.tag is not None:
             stamp.write(image, frame.tag)  # the engine's output is this frame's own array
-        return frame.derive(image), middle - start, time.perf_counter() - middle
+        layers = self.compositor.layers(out.image[0], out.mask[0])
+        return frame.derive(image, layers), middle - start, time.perf_counter() - middle
 
     def close(self) -> None:
         self.engine.close()
@@ -201,17 +209,22 @@ class AvatarSession:
         self._generating: _Generating | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._failures = {"track": 0, "infer": 0}
+        self._last_input = clock.now()
+        self._idle_image: U8 = np.zeros((2, 2, 3), np.uint8)
+        self.idle_ticks = 0
 
     async def _run(self, executor: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def start(self) -> None:
         """Load the tracker and engine (in their threads), then start the stage tasks."""
-        self._driving = await self._run(self._drive_exec, _Driving, self.entry, self.config.live)
+        self._driving = await self._run(self._drive_exec, _Driving, self.entry, self.config.live, self.config.idle)
         self._generating = await self._run(self._infer_exec, _Generating, self.entry, self.config)
         self.state = State.RUNNING
         loop = asyncio.get_running_loop()
-        for name, coro in (("capture", self._capture()), ("drive", self._drive()), ("infer", self._infer())):
+        self._last_input = self.clock.now()
+        stages = {"capture": self._capture(), "idle": self._idle(), "drive": self._drive(), "infer": self._infer()}
+        for name, coro in stages.items():
             self._tasks.append(loop.create_task(coro, name=f"{self.id}-{name}"))
 
     def add_sink(self, sink: Sink) -> None:
@@ -242,6 +255,7 @@ class AvatarSession:
         try:
             while True:
                 frame = await self.source.recv()
+                self._last_input = self.clock.now()
                 if self.state is State.PAUSED:
                     continue
                 if not self._to_drive.put(frame):
@@ -251,6 +265,19 @@ class AvatarSession:
         except Exception:
             log.exception("session %s: source %s failed", self.id, self.source.name)
         self._to_drive.close()
+
+    async def _idle(self) -> None:
+        """While paused, or while the source sends nothing (start-up, a stalled camera), tick
+        the pipeline at `idle_fps` with idle frames, so the avatar keeps moving."""
+        pacer = Pacer(self.config.idle_fps, self.clock)
+        count = 0
+        while not self._to_drive.closed:
+            now = await pacer.wait()
+            silent = now - self._last_input > self.config.idle.after_seconds
+            if self.state is State.PAUSED or (silent and self.state is State.RUNNING):
+                self._to_drive.put(Frame(self._idle_image, now, count, idle=True))
+                self.idle_ticks += 1
+                count += 1
 
     async def _drive(self) -> None:
         assert self._driving is not None
@@ -327,7 +354,7 @@ class AvatarSession:
             raise ValueError(
                 f"avatar {entry.name} is {entry.resolution} px but this session runs at {self.entry.resolution} px"
             )
-        driving = await self._run(self._drive_exec, _Driving, entry, self.config.live)
+        driving = await self._run(self._drive_exec, _Driving, entry, self.config.live, self.config.idle)
         generating = await self._run(self._infer_exec, _Generating, entry, self.config)
         old_driving, old_generating = self._driving, self._generating
         self._driving, self._generating, self.entry = driving, generating, entry

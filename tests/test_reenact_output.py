@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from avatarcam_cli import main
-from streamer.compose import _badge
+from streamer.compose import badge_patch
 from tests.media import first_frames, one_torch_thread
 
 pytestmark = pytest.mark.slow
@@ -59,7 +59,7 @@ def test_every_frame_carries_the_badge_and_pcm_audio_becomes_aac(
         rate = stream.codec_context.sample_rate
 
     assert len(frames) == FRAMES
-    (rows, cols), alpha, _ = _badge(frames[0].shape[0])
+    (rows, cols), alpha, _ = badge_patch(frames[0].shape[0])
     text = alpha[..., 0] == 1.0  # white letters; the rest of the badge is a dark plate
     for i, frame in enumerate(frames):
         badge = frame[rows, cols].astype(np.float32).mean(axis=2)

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import ClassVar
 
 import av
 import numpy as np
 import pytest
-import pyvirtualcam
 
 from streamer import stamp
 from streamer.clock import Pacer
 from streamer.compose import Background, ComposeConfig, Compositor
 from streamer.frames import Frame
 from streamer.queues import Closed, DropQueue
-from streamer.sinks import FileSink, SinkError, SinkSpec, VirtualCamSink
+from streamer.sinks import FileSink, SinkError, SinkSpec
 from streamer.sources import FileSource, SourceEnded, SourceError, SourceSpec
 from tests.media import first_frames
 
@@ -191,69 +188,4 @@ def test_file_sink_writes_a_playable_mp4(tmp_path: Path) -> None:
     assert levels == pytest.approx([i * 20 for i in range(10)], abs=3)  # the frames, in order
 
 
-class RecordingCamera:
-    """A pyvirtualcam backend that records frames, registered like the real ones (pyvirtualcam
-    asks backends not to inherit from its documentation-only Backend class)."""
-
-    frames: ClassVar[list[np.ndarray]] = []
-
-    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None) -> None:
-        assert fourcc == pyvirtualcam.camera.encode_fourcc(pyvirtualcam.PixelFormat.RGB.value)
-
-    def device(self) -> str:
-        return "recording-camera"
-
-    def native_fourcc(self) -> int | None:
-        return None
-
-    def send(self, frame: np.ndarray) -> None:
-        RecordingCamera.frames.append(frame.copy())
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def recording_backend() -> Iterator[str]:
-    pyvirtualcam.register_backend("recording", RecordingCamera)
-    RecordingCamera.frames.clear()
-    yield "recording"
-    del pyvirtualcam.camera.BACKENDS["recording"]
-
-
-def test_virtual_camera_sink_through_a_registered_backend(recording_backend: str) -> None:
-    images = [np.full((64, 64, 3), v, np.uint8) for v in (10, 200)]
-
-    async def run() -> str:
-        sink = VirtualCamSink(64, 64, 30, FakeClock(), backend=recording_backend)
-        device = sink.device
-        for i, image in enumerate(images):
-            sink.send(Frame(image, 100.0 + i, i))
-            await asyncio.sleep(0.05)
-        await sink.close()
-        return device
-
-    assert asyncio.run(run()) == "recording-camera"
-    assert len(RecordingCamera.frames) == 2
-    # pyvirtualcam checked the shape and handed the backend each frame flattened (1-D RGB)
-    assert all(np.array_equal(a, b.ravel()) for a, b in zip(RecordingCamera.frames, images, strict=True))
-
-
-def test_missing_virtual_camera_says_how_to_make_one() -> None:
-    if list(Path("/dev").glob("video*")):
-        pytest.skip("this machine has a video device")
-    with pytest.raises(SinkError, match="v4l2loopback"):
-        VirtualCamSink(64, 64, 30, FakeClock())
-
-
-@pytest.mark.skipif(not list(Path("/dev").glob("video*")), reason="no /dev/video* device (v4l2loopback) here")
-def test_real_virtual_camera_device() -> None:
-    async def run() -> str:
-        sink = VirtualCamSink(64, 64, 30, FakeClock())
-        device = sink.device
-        sink.send(Frame(np.zeros((64, 64, 3), np.uint8), 0.0, 0))
-        await asyncio.sleep(0.1)
-        await sink.close()
-        return device
-
-    assert asyncio.run(run()).startswith("/dev/video")
+# The virtual camera's tests are in tests/test_virtualcam.py.
