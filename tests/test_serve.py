@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 import threading
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -243,26 +244,63 @@ def test_bad_requests_get_4xx_and_never_crash(tiny_avatar: Path, driver_video: P
 
 
 def test_token_is_required_beyond_localhost(tiny_avatar: Path, driver_video: Path) -> None:
+    """Bound beyond loopback every route needs the token: the page, the API, /offer, /ws and
+    /metrics refuse without it. The page opened with `?token=` sets an HttpOnly cookie, and that
+    cookie alone lets the page's own requests through: the API, a WebRTC offer, the websocket."""
     config = shared_config(tiny_avatar, driver_video, host="0.0.0.0")
 
-    async def scenario() -> list[int]:
-        async with running(config) as server, aiohttp.ClientSession() as http:
+    async def scenario() -> tuple[str, dict[str, Any]]:
+        out: dict[str, Any] = {}
+        async with running(config) as server:
             token = server.config.token
-            assert token and token in server.url
+            assert token and f"token={token}" in server.url
             url = base_url(server)
-            out = []
-            for path, headers in (
-                ("api/info", {}),
-                ("api/info?token=wrong", {}),
-                (f"api/info?token={token}", {}),
-                ("api/info", {"Authorization": f"Bearer {token}"}),
-                ("metrics", {}),
-            ):
-                async with http.get(url + path, headers=headers) as r:
-                    out.append(r.status)
-            return out
+            client = Client()
+            await client.pc.setLocalDescription(await client.pc.createOffer())
+            offer = {"sdp": client.pc.localDescription.sdp, "type": "offer"}
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as bare:
+                for path, headers in (
+                    ("", {}),
+                    ("?token=wrong", {}),
+                    ("api/info", {}),
+                    ("api/info?token=wrong", {}),
+                    (f"api/info?token={token}", {}),
+                    ("api/info", {"Authorization": f"Bearer {token}"}),
+                    ("metrics", {}),
+                ):
+                    async with bare.get(url + path, headers=headers) as r:
+                        out[f"GET /{path} {headers}"] = r.status
+                async with bare.post(url + "offer", json=offer) as r:
+                    out["offer"] = r.status
+                with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                    await bare.ws_connect(url + "ws")
+                out["ws"] = refused.value.status
+            # A browser: opens the printed URL, then carries only the cookie (IP hosts need unsafe=True).
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+                async with browser.get(url + f"?token={token}") as r:
+                    out["page"] = r.status
+                    out["cookie"] = r.cookies.get("avatarcam_token")
+                async with browser.get(url + "api/info") as r:
+                    out["cookie api/info"] = r.status
+                async with browser.post(url + "offer", json=offer) as r:
+                    out["cookie offer"] = r.status
+                    answer = await r.json()
+                await client.pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+                await client.wait_frames(1)
+                async with browser.ws_connect(url + "ws") as ws:
+                    out["cookie ws"] = json.loads((await ws.receive(timeout=DEADLINE)).data)["type"]
+            await client.close()
+        return token, out
 
-    assert asyncio.run(scenario()) == [401, 401, 200, 200, 401]
+    token, out = asyncio.run(scenario())
+    refused = {k: v for k, v in out.items() if k.startswith("GET") and "token=" + token not in k and "Bearer" not in k}
+    assert set(refused.values()) == {401}, out
+    assert out[f"GET /api/info?token={token} {{}}"] == 200, out
+    assert out[f"GET /api/info {{'Authorization': 'Bearer {token}'}}"] == 200, out
+    assert (out["offer"], out["ws"]) == (401, 401), out
+    assert out["page"] == 200 and out["cookie"] is not None, out
+    assert out["cookie"].value == token and out["cookie"]["httponly"] and out["cookie"]["samesite"] == "Strict"
+    assert (out["cookie api/info"], out["cookie offer"], out["cookie ws"]) == (200, 200, "snapshot"), out
 
 
 def test_four_peers_at_once_and_one_vanishing(tiny_avatar: Path, driver_video: Path) -> None:
