@@ -6,6 +6,11 @@ background + the "synthetic" badge, as published) -> encode (VP8 or H.264 with P
 real-time settings, as a WebRTC peer's encoder would). Stages run one after another on the
 calling thread, so `fps` is the sequential rate: a pipelined service overlaps stages and does
 better on throughput, never on latency. Decoding and letterboxing the video is not timed.
+
+`camera` reports the virtual camera's own stage (it runs in the camera sink's thread, beside
+the pipeline): framing the engine's outputs of this run into each webcam size — upscaling with
+the quality resampler (Lanczos), the background around the crop, badge and watermark — with
+bilinear upscaling timed on the same frames as the baseline.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ from tracking.tracker import FaceTrack, FaceTracker
 from tracking.video import read_frames
 
 STAGES = ("track", "render", "infer", "compose", "encode")
+CAMERA_SIZES = ("640x480", "1280x720", "1920x1080")
+CAMERA_FRAMES = 60  # engine outputs kept for timing the camera stage
 DEFAULT_DRIVER = Path(__file__).resolve().parents[2] / "shared" / "data" / "512" / "drv_lp_d10_512.mp4"
 Network = Literal["auto", "teacher", "student"]
 Codec = Literal["vp8", "h264"]
@@ -219,7 +226,14 @@ def run(options: BenchOptions) -> dict[str, Any]:
     engine = create_engine(options.backend, avatar, options.device)
     tracker = TimedTracker(mode="video")
     driver = LiveDriver(avatar.expression, avatar.crop, FaceRenderer(tracker.mesh, resolution, options.device), tracker)
-    compose = compositor(resolution)
+    composer = compositor(resolution)
+    outputs: list[tuple[U8, U8]] = []  # the engine's own arrays (no copy): the camera stage's input
+
+    def compose(image: U8, mask: U8) -> U8:
+        if len(outputs) < CAMERA_FRAMES:
+            outputs.append((image, mask))
+        return composer(image, mask)
+
     encode = Encoder(options.codec, resolution)
     if options.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -241,6 +255,7 @@ def run(options: BenchOptions) -> dict[str, Any]:
         **percentiles(total),
         "fps": round(len(total) / sum(total), 2),
         "stages": {name: percentiles(times[name]) for name in STAGES},
+        "camera": camera_costs(outputs, avatar),
         "peak_rss_mb": peak_rss_mb(),
         "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
         if options.device.startswith("cuda")
@@ -253,6 +268,33 @@ def run(options: BenchOptions) -> dict[str, Any]:
         "video": (options.video or DEFAULT_DRIVER).name,
         "versions": versions(),
     }
+
+
+def camera_costs(outputs: list[tuple[U8, U8]], avatar: Avatar) -> dict[str, dict[str, Any]]:
+    """Per webcam size: ms per frame of the virtual camera's framing (`streamer.framing`) with
+    the quality resampler, and with bilinear upscaling as the baseline, on the same frames."""
+    from streamer.compose import Background, Layers
+    from streamer.framing import CameraSize, Framer, FramingConfig, Resampler
+    from streamer.watermark import maybe_watermark
+
+    mark = maybe_watermark(avatar.identity)
+    report: dict[str, dict[str, Any]] = {}
+    for text in CAMERA_SIZES:
+        size = CameraSize.parse(text)
+        row: dict[str, Any] = {}
+        for resampler in (Resampler.LANCZOS, Resampler.LINEAR):
+            framer = Framer(FramingConfig(size=size, resampler=resampler))
+            seconds = []
+            for image, mask in outputs:
+                layers = Layers(image, mask, Background.LEARNED, True, mark)
+                start = time.perf_counter()
+                framer(layers)
+                seconds.append(time.perf_counter() - start)
+            row[resampler.value] = percentiles(seconds) if seconds else None
+        row["resampler"] = Resampler.LANCZOS.value
+        row["frames"] = len(outputs)
+        report[text] = row
+    return report
 
 
 def _one_frame(

@@ -157,8 +157,10 @@ class Server:
         while True:
             await asyncio.sleep(FEED_PERIOD)
             self.service.push_stats()
+            snapshot = self.service.snapshot()
+            self.service.record(snapshot)  # kept whether or not a dashboard is open
             if self._sockets:
-                message = json.dumps(self.service.snapshot())
+                message = json.dumps(snapshot)
                 for ws in list(self._sockets):
                     with contextlib.suppress(ConnectionError, RuntimeError):
                         await ws.send_str(message)
@@ -271,7 +273,7 @@ class Server:
         operator = request.get(ROLE) is Role.OPERATOR
         await ws.prepare(request)
         self._sockets.add(ws)
-        await ws.send_str(json.dumps(self.service.snapshot()))
+        await ws.send_str(json.dumps(self.service.first_snapshot()))
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,7 @@ class RequestError(Exception):
         self.retry_after = retry_after
 
 
+HISTORY_SECONDS = 300.0  # how much of the dashboard's latency and load history the service keeps
 OPERATOR_ONLY = "this needs the operator credential: open the dashboard URL avatarcam serve printed"
 
 
@@ -216,6 +218,7 @@ class Service:
         self.capacity = Capacity(
             config.cpu_budget or float(_usable_cores()), config.fps or 30.0, gpu=config.device.startswith("cuda")
         )
+        self.history: deque[dict[str, Any]] = deque()
         self._process = psutil.Process()
         self._process.cpu_percent()  # the first call only sets the baseline
 
@@ -588,6 +591,32 @@ class Service:
             },
             "sessions": sessions,
         }
+
+    def record(self, snapshot: dict[str, Any]) -> None:
+        """Keep the compact part of a snapshot (latency, rate, stage costs, load) for
+        HISTORY_SECONDS, so a dashboard opened later starts with what happened."""
+        sample = {
+            "time": snapshot["time"],
+            "system": {"cpu_percent": snapshot["system"]["cpu_percent"], "gpu": snapshot["system"]["gpu"]},
+            "sessions": [
+                {
+                    "id": s["id"],
+                    "fps": s.get("fps"),
+                    "e2e_ms": s.get("e2e_ms"),
+                    "glass_ms": s.get("glass_ms"),
+                    "stages_ms": s.get("stages_ms"),
+                }
+                for s in snapshot["sessions"]
+            ],
+        }
+        self.history.append(sample)
+        while self.history and self.history[0]["time"] < sample["time"] - HISTORY_SECONDS:
+            self.history.popleft()
+
+    def first_snapshot(self) -> dict[str, Any]:
+        """A dashboard's first message over /ws: a snapshot carrying the kept history (oldest
+        first), so its charts start with the last HISTORY_SECONDS instead of empty."""
+        return {**self.snapshot(), "history": list(self.history), "history_seconds": HISTORY_SECONDS}
 
     def info(self) -> dict[str, Any]:
         entry = self.default_avatar

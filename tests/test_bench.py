@@ -63,6 +63,12 @@ def test_bench_json_is_complete(
     for name, stage in report["stages"].items():
         assert stage["ms_p50"] == pytest.approx(np.percentile([f[name] * 1000 for f in timed], 50), abs=0.006)
     assert {"torch", "python", "av"} <= set(report["versions"])
+    # The virtual camera's stage, at each webcam size, on this run's engine outputs (warm-up too).
+    assert set(report["camera"]) == set(bench.CAMERA_SIZES)
+    for row in report["camera"].values():
+        assert row["frames"] == 14 and row["resampler"] == "lanczos"
+        for name in ("lanczos", "linear"):
+            assert 0 < row[name]["ms_p50"] <= row[name]["ms_p99"]
 
 
 def test_bench_rejects_what_it_cannot_run(tiny_avatar: Path, tmp_path: Path) -> None:

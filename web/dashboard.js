@@ -2,7 +2,7 @@
 
 import { PALETTE, drawChart, escapeHtml, legendHtml } from "./plot.js";
 
-const WINDOW_S = 60;
+const WINDOW_S = 300; // the charts' span; the service keeps as much history (HISTORY_SECONDS)
 const FORGET_ENDED_S = 30; // a session missing from snapshots stays (greyed) this long
 const STAGES = ["track", "render", "infer", "compose", "sink"];
 const STAGE_COLORS = { track: "#5aa9e6", render: "#b38ce6", infer: "#e8b339", compose: "#4fd1c5", sink: "#f08bb5" };
@@ -16,6 +16,7 @@ const dash = {
   last: null, // the latest snapshot
   sessions: new Map(), // id -> {card, history: [{t, ...}], color, lastSeen}
   load: [], // [{t, cpu, gpu}]
+  backlog: new Map(), // session id -> history from the service, until its card exists
   prevTotals: null,
 };
 window.dashboard = dash; // for tests and the console
@@ -60,7 +61,9 @@ function connect() {
     } catch {
       return;
     }
-    if (msg.type === "snapshot") render(msg);
+    if (msg.type !== "snapshot") return;
+    if (msg.history) replay(msg.history); // the first snapshot carries the service's kept history
+    render(msg);
   };
   socket.onclose = () => {
     if (dash.socket !== socket) return;
@@ -84,6 +87,32 @@ function control(session, action, value) {
   dash.socket.send(JSON.stringify(message));
 }
 
+// ---- the service's history: what happened before this page was opened ----
+
+function sample(s, t) {
+  return {
+    t,
+    fps: s.fps,
+    e2e: s.e2e_ms?.p50 ?? null,
+    glass: s.glass_ms?.p50 ?? null,
+    stages: Object.fromEntries(STAGES.map((k) => [k, s.stages_ms?.[k]?.p50 ?? null])),
+  };
+}
+
+function replay(samples) {
+  dash.load = [];
+  dash.backlog = new Map();
+  for (const snap of samples) {
+    const gpu = snap.system.gpu;
+    dash.load.push({ t: snap.time, cpu: snap.system.cpu_percent, gpu: gpu?.util_percent ?? null });
+    for (const s of snap.sessions) {
+      if (!dash.backlog.has(s.id)) dash.backlog.set(s.id, []);
+      dash.backlog.get(s.id).push(sample(s, snap.time));
+    }
+  }
+  window.dashboardHistory = samples.length; // for tests: how many samples the page was given
+}
+
 // ---- rendering one snapshot ----
 
 function render(snap) {
@@ -98,18 +127,14 @@ function render(snap) {
     seen.add(s.id);
     let entry = dash.sessions.get(s.id);
     if (!entry) {
-      entry = { card: makeCard(s.id), history: [], color: PALETTE[dash.sessions.size % PALETTE.length], lastSeen: t };
+      const history = dash.backlog.get(s.id) ?? [];
+      dash.backlog.delete(s.id);
+      entry = { card: makeCard(s.id), history, color: PALETTE[dash.sessions.size % PALETTE.length], lastSeen: t };
       dash.sessions.set(s.id, entry);
       $("sessions").append(entry.card);
     }
     entry.lastSeen = t;
-    entry.history.push({
-      t,
-      fps: s.fps,
-      e2e: s.e2e_ms?.p50 ?? null,
-      glass: s.glass_ms?.p50 ?? null,
-      stages: Object.fromEntries(STAGES.map((k) => [k, s.stages_ms?.[k]?.p50 ?? null])),
-    });
+    entry.history.push(sample(s, t));
     trim(entry.history, t);
     updateCard(entry, s, t);
   }

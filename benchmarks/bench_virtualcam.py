@@ -1,0 +1,149 @@
+"""What the meeting sees, measured: the served avatar into a webcam-sized virtual camera.
+
+    .venv/bin/python benchmarks/bench_virtualcam.py [AVATAR] [--camera-size 1280x720] [--seconds 20]
+        [--backend onnx] [--source VIDEO] [--json OUT.json] [--screenshot OUT.jpg]
+
+The real service (`Service`: file source paced in real time, the whole pipeline, the virtual
+camera sink with its framing) publishes into pyvirtualcam's own `Camera` through a registered
+backend that records each picture's arrival (the contract of the real backends; no
+v4l2loopback is needed). Reported, after a warm-up: the rate pictures reach the device and
+their interval p50/p99/max, the rate of new avatar pictures among them (the pipeline's own
+rate: the sink repeats the last picture on a tick without a new one), ticks the sink missed,
+the camera stage's cost (framing + send) and end-to-end latency. `--screenshot` saves one of
+the device's own pictures (the README's "what the meeting sees").
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import cv2
+import numpy as np
+import pyvirtualcam
+
+from streamer.demo import DEMO_AVATAR, DEMO_CLIP
+from streamer.framing import CameraSize, FramingConfig
+from streamer.service import ServeConfig, Service
+from streamer.sinks import SinkSpec, VirtualCamSink
+from streamer.sources import SourceSpec
+
+
+class Capture:
+    """A pyvirtualcam backend: arrival time and a digest of every picture, and one picture kept."""
+
+    times: ClassVar[list[float]] = []
+    digests: ClassVar[list[int]] = []
+    keep_at: ClassVar[float] = float("inf")
+    kept: ClassVar[np.ndarray | None] = None
+    lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, *, width: int, height: int, fps: float, fourcc: int, device: str | None) -> None:
+        self.shape = (height, width, 3)
+
+    def device(self) -> str:
+        return "capture"
+
+    def native_fourcc(self) -> int | None:
+        return None
+
+    def send(self, frame: np.ndarray) -> None:
+        now = time.monotonic()
+        with Capture.lock:
+            Capture.times.append(now)
+            Capture.digests.append(hash(frame[::997].tobytes()))
+            if Capture.kept is None and now >= Capture.keep_at:
+                Capture.kept = frame.reshape(self.shape).copy()
+
+    def close(self) -> None:
+        pass
+
+
+def _stats(values: list[float]) -> dict[str, float]:
+    ms = np.asarray(values) * 1000
+    return {"ms_p50": round(float(np.percentile(ms, 50)), 2), "ms_p99": round(float(np.percentile(ms, 99)), 2)}
+
+
+async def measure(args: argparse.Namespace) -> dict[str, Any]:
+    size = CameraSize.parse(args.camera_size)
+    config = ServeConfig(
+        avatars=(args.avatar,),
+        source=SourceSpec("file", str(args.source)),
+        sinks=(SinkSpec("virtualcam"),),
+        port=0,
+        loop=True,
+        backend=args.backend,
+        admission="limit",
+        framing=FramingConfig(size=size),
+        virtualcam_backend="bench-capture",
+    ).resolved()
+    service = Service(config)
+    opened = time.monotonic()
+    await service.startup()
+    running = time.monotonic()
+    assert service.shared is not None
+    camera = next(s for s in service.shared.sinks if isinstance(s, VirtualCamSink))
+    await asyncio.sleep(args.warmup)
+    start, missed0, sent0 = time.monotonic(), camera.pacer.missed, camera.sent
+    Capture.keep_at = start + args.seconds / 2
+    await asyncio.sleep(args.seconds)
+    end = time.monotonic()
+    snap = service.shared.stats.snapshot()
+    missed, sent = camera.pacer.missed - missed0, camera.sent - sent0
+    await service.shutdown()
+
+    with Capture.lock:
+        pairs = [(t, d) for t, d in zip(Capture.times, Capture.digests, strict=True) if start <= t <= end]
+        first_picture = Capture.times[0] if Capture.times else None
+    times = np.array([t for t, _ in pairs])
+    digests = [d for _, d in pairs]
+    new = sum(1 for a, b in itertools.pairwise(digests) if a != b)
+    intervals = np.diff(times)
+    return {
+        "camera": str(size),
+        "avatar": args.avatar.name,
+        "backend": args.backend,
+        "seconds": round(end - start, 2),
+        "device_fps": round(len(times) / (end - start), 2),
+        "interval_ms": {**_stats(list(intervals)), "max": round(float(intervals.max()) * 1000, 1)},
+        "new_pictures_per_s": round(new / (end - start), 2),
+        "ticks_sent": sent,
+        "ticks_missed": missed,
+        "camera_stage_ms": snap["stages_ms"].get("sink"),
+        "e2e_ms": snap["e2e_ms"],
+        "first_picture_after_s": round(first_picture - opened, 3) if first_picture else None,
+        "avatar_running_after_s": round(running - opened, 2),
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "load_average_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("avatar", type=Path, nargs="?", default=DEMO_AVATAR)
+    parser.add_argument("--camera-size", default="1280x720")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--backend", default="onnx")
+    parser.add_argument("--source", type=Path, default=DEMO_CLIP)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--screenshot", type=Path)
+    args = parser.parse_args()
+    pyvirtualcam.register_backend("bench-capture", Capture)
+    report = asyncio.run(measure(args))
+    print(json.dumps(report, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.screenshot and Capture.kept is not None:
+        cv2.imwrite(str(args.screenshot), Capture.kept[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, 90])
+
+
+if __name__ == "__main__":
+    main()
