@@ -59,7 +59,8 @@ class Capture:
         with Capture.lock:
             Capture.times.append(now)
             Capture.digests.append(hash(frame[::997].tobytes()))
-            if Capture.kept is None and now >= Capture.keep_at:
+            # The first picture after keep_at that is an avatar's, not a status card (cards are dark).
+            if Capture.kept is None and now >= Capture.keep_at and float(frame[::97].mean()) > 60:
                 Capture.kept = frame.reshape(self.shape).copy()
 
     def close(self) -> None:
