@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from streamer.framing import FramingConfig
     from streamer.service import ServeConfig
 
 
@@ -157,6 +159,13 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"  {name:8s} p50 {stage['ms_p50']:7.2f} ms   p99 {stage['ms_p99']:7.2f} ms")
     print(f"  {'total':8s} p50 {report['ms_p50']:7.2f} ms   p99 {report['ms_p99']:7.2f} ms   {report['fps']:.1f} fps")
     print(f"  peak RSS {report['peak_rss_mb']} MB, peak GPU {report['peak_gpu_mb']} MB")
+    for size, row in report["camera"].items():
+        if row["lanczos"] is not None:
+            quality, baseline = row["lanczos"], row["linear"]
+            print(
+                f"  camera {size:9s} p50 {quality['ms_p50']:7.2f} ms   p99 {quality['ms_p99']:7.2f} ms "
+                f"(lanczos; bilinear p50 {baseline['ms_p50']:.2f} ms)"
+            )
     return 0
 
 
@@ -186,6 +195,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     if args.ablate:
         from models.ablate import AblateOptions
+        from models.evaluate import EvaluateError
+
+        if args.data is None:
+            raise EvaluateError("--ablate trains variants on the dataset: pass --data")
         from models.ablate import run as ablate
 
         summary = ablate(AblateOptions(options, steps=args.ablate_steps))
@@ -215,6 +228,14 @@ def _reenact(args: argparse.Namespace) -> int:
         c2pa_key=args.c2pa_key,
     )
     print(json.dumps(run(options)))
+    return 0
+
+
+def _devices(args: argparse.Namespace) -> int:
+    from streamer.devices import list_devices
+
+    report = list_devices(probe=args.probe)
+    print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0
 
 
@@ -267,8 +288,21 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         bitrate=args.bitrate,
         codec=args.codec,
         virtualcam_backend=args.virtualcam_backend,
+        framing=_framing(args),
         **_security_fields(args),
     )
+
+
+def _framing(args: argparse.Namespace) -> FramingConfig:
+    """The virtual camera's format and framing (serve and demo)."""
+    from streamer.framing import CameraSize, FramingConfig, Resampler
+    from streamer.service import ServeError
+
+    try:
+        size = CameraSize.parse(args.camera_size)
+    except ValueError as exc:
+        raise ServeError(f"--camera-size: {exc}") from None
+    return FramingConfig(size=size, zoom=args.camera_zoom, resampler=Resampler(args.camera_resampler))
 
 
 def _security_fields(args: argparse.Namespace) -> dict[str, Any]:
@@ -334,11 +368,44 @@ def _demo(args: argparse.Namespace) -> int:
                     backend=_live_backend(a),
                     device=a.device,
                 ),
+                framing=_framing(a),
                 **_security_fields(a),
             ),
             args,
         )
     )
+    return 0
+
+
+def _connect(args: argparse.Namespace) -> int:
+    from streamer.connect import ConnectConfig, ConnectError, parse_sink, run
+    from streamer.server import configure_logging
+
+    configure_logging("text", level=logging.getLevelNamesMapping()[args.log_level])
+    config = ConnectConfig(
+        url=args.url,
+        token=args.token,
+        camera=None if args.video is not None else (0 if args.camera is None else args.camera),
+        video=args.video,
+        loop=args.loop,
+        sinks=tuple(parse_sink(s) for s in args.sink or ["virtualcam"]),
+        seconds=args.seconds,
+        codec=args.codec,
+        bitrate=args.bitrate,
+        ice_servers=tuple(args.ice_server),
+        ice_username=args.ice_username,
+        ice_credential=args.ice_credential,
+        fps=args.fps,
+        max_width=args.max_width,
+        stamp=not args.no_stamp,
+        virtualcam_backend=args.virtualcam_backend,
+        json_path=args.json,
+    )
+    try:
+        config = config.resolved()
+    except ValueError as exc:
+        raise ConnectError(str(exc)) from None
+    print(json.dumps(run(config)))
     return 0
 
 
@@ -348,6 +415,13 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", help="engine backend (default: onnx on cpu, torch on cuda)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
+    p.add_argument("--camera-size", default="1280x720", help="virtual camera format WxH (1280x720, 1920x1080, 640x480)")
+    p.add_argument(
+        "--camera-zoom", type=float, default=1.0, help="the avatar's height as a fraction of the virtual camera's"
+    )
+    p.add_argument(
+        "--camera-resampler", choices=["lanczos", "cubic", "linear"], default="lanczos", help="the avatar's upscaler"
+    )
     _add_security_options(p)
 
 
@@ -463,7 +537,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="self- or cross-reenactment metrics of an avatar, with an HTML report")
     p.add_argument("source", type=Path, help="a run folder (newest checkpoint) or a .avatar file")
-    p.add_argument("--data", type=Path, required=True, help="the prepared dataset (test split, masks, training frames)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="the prepared dataset (test split, masks, training frames); an .avatar with --driver or --video "
+        "needs none",
+    )
     p.add_argument("-o", "--out", type=Path, required=True, help="report folder (metrics.json, index.html)")
     p.add_argument("--driver", type=Path, help="another person's video: cross-reenactment")
     p.add_argument("--video", type=Path, help="a video of the same person instead of the test split")
@@ -505,6 +584,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--c2pa-key", type=Path, help="its private key (PEM, EC P-256); default: a local key in the cache")
     p.set_defaults(handler=_reenact)
 
+    p = sub.add_parser("devices", help="list cameras that can drive an avatar and virtual-camera devices")
+    p.add_argument("--probe", action="store_true", help="also read one frame from each camera")
+    p.add_argument("--json", action="store_true", help="print a JSON report")
+    p.set_defaults(handler=_devices)
+
     p = sub.add_parser("detect", help="find the invisible watermark and content credentials in videos or images")
     p.add_argument("files", type=Path, nargs="+", metavar="VIDEO|IMAGE", help="files to check")
     p.add_argument("--avatar", type=Path, help="also say whether the mark is this .avatar file's")
@@ -534,6 +618,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_service_options(p)
     p.set_defaults(handler=_serve)
 
+    p = sub.add_parser("connect", help="drive an avatar on a remote `serve --source webrtc` from this camera")
+    p.add_argument("url", help="the server's URL as `avatarcam serve` printed it (may carry ?token=)")
+    p.add_argument("--token", help="the server's access token (default: the URL's ?token=)")
+    given = p.add_mutually_exclusive_group()
+    given.add_argument("--camera", type=int, help="local camera index to send (default 0)")
+    given.add_argument("--video", type=Path, help="send this video file instead, paced as a camera")
+    p.add_argument("--loop", action="store_true", help="play --video again when it ends")
+    p.add_argument("--sink", action="append", help="virtualcam, window, file:OUT.mp4 or null (repeatable)")
+    p.add_argument("--seconds", type=float, help="stop this long after the first avatar frame (default: Ctrl-C)")
+    p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="WebRTC codec, both ways")
+    p.add_argument("--bitrate", type=int, default=1_000_000, help="starting WebRTC video bitrate, bits/s")
+    p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (none by default)")
+    p.add_argument("--ice-username", help="TURN username (for turn: URLs)")
+    p.add_argument("--ice-credential", help="TURN password (for turn: URLs)")
+    p.add_argument("--fps", type=float, default=30.0, help="frame rate declared to the virtual camera and file sink")
+    p.add_argument("--max-width", type=int, default=640, help="scale wider camera frames down to this before sending")
+    p.add_argument("--no-stamp", action="store_true", help="send no frame ids (no glass-to-glass figures)")
+    p.add_argument("--json", type=Path, help="also write the final report (glass-to-glass, fps, drops) here")
+    p.add_argument("--virtualcam-backend", help="pyvirtualcam backend (default: the platform's)")
+    p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(handler=_connect)
+
     p = sub.add_parser("demo", help="serve the shipped demo avatar driven by the shipped clip")
     p.add_argument("--camera", type=int, help="drive it from this webcam instead of the clip")
     p.add_argument("--browser-cameras", action="store_true", help="each browser's camera drives its own avatar")
@@ -555,6 +661,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.evaluate import EvaluateError
     from models.reenact import ReenactError
     from models.train import TrainError
+    from streamer.connect import ConnectError
     from streamer.credentials import CredentialsError
     from streamer.detect import DetectError
     from streamer.service import ServeError
@@ -583,6 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         BenchError,
         DetectError,
         CredentialsError,
+        ConnectError,
     )
     args = build_parser().parse_args(argv)
     try:

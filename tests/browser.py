@@ -8,6 +8,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,16 +26,33 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
+
+
+def browser_paths() -> tuple[Path, Path]:
+    """(chromium, chromedriver): $CHROMIUM / $CHROMEDRIVER when set, else what PATH finds,
+    else Debian's /usr/bin ones (which may be absent: see `require_chromium`)."""
+    found = []
+    for variable, name in (("CHROMIUM", "chromium"), ("CHROMEDRIVER", "chromedriver")):
+        given = os.environ.get(variable)
+        found.append(Path(given) if given else Path(shutil.which(name) or f"/usr/bin/{name}"))
+    return found[0], found[1]
+
+
 SERVING = re.compile(r"avatarcam: serving on (https?://\S+)")
 OPERATOR = re.compile(r"avatarcam: operator dashboard on (https?://\S+)")
 T = TypeVar("T")
 
 
 def require_chromium() -> None:
-    if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
-        pytest.skip(f"{CHROMIUM} or {CHROMEDRIVER} is absent: `make browser-setup` installs Debian's chromium")
+    """Skip, saying why and what to do, unless a Chromium and its chromedriver are found."""
+    chromium, driver = browser_paths()
+    missing = [str(p) for p in (chromium, driver) if not (p.is_file() and os.access(p, os.X_OK))]
+    if missing:
+        pytest.skip(
+            f"no browser for the page's tests: {' and '.join(missing)} not found. Point CHROMIUM= and "
+            "CHROMEDRIVER= at a Chromium and its chromedriver, or install Debian's (as root: "
+            "`make browser-setup`, or `apt-get install chromium chromium-driver`)"
+        )
     pytest.importorskip("selenium", reason="selenium is in the dev extra: `make setup`")
 
 
@@ -104,10 +122,16 @@ def wait_until(condition: Callable[[], T], timeout: float, what: str, *, every: 
 
 
 class LiveService:
-    """`avatarcam ARGS --port 0` in a subprocess; `url` comes from its "serving on" line."""
+    """`avatarcam ARGS --port 0` in a subprocess; `url` comes from its "serving on" line.
+    With `probe`, it runs under tests/calibrate_probe.py, which logs each calibration."""
 
-    def __init__(self, args: list[str], *, ready_timeout: float = 180.0) -> None:
-        command = [str(Path(sys.executable).with_name("avatarcam")), *args]
+    def __init__(self, args: list[str], *, ready_timeout: float = 180.0, probe: bool = False) -> None:
+        launcher = (
+            [sys.executable, "-m", "tests.calibrate_probe"]
+            if probe
+            else [str(Path(sys.executable).with_name("avatarcam"))]
+        )
+        command = [*launcher, *args]
         self.output: list[str] = []
         self._ready = threading.Event()
         self.url = ""
@@ -149,6 +173,11 @@ class LiveService:
 
     def log(self) -> str:
         return "".join(self.output[-60:])
+
+    def calibrations(self, session_id: str) -> list[str]:
+        """What each calibration of that session returned (True: a face was there), with `probe`."""
+        prefix = f"probe: session {session_id} calibrated: "
+        return [line.strip().removeprefix(prefix) for line in list(self.output) if line.startswith(prefix)]
 
     def api(self, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
@@ -198,7 +227,8 @@ class Browser:
 
         self.profile = tempfile.TemporaryDirectory(prefix="avatarcam-chromium-")
         options = webdriver.ChromeOptions()
-        options.binary_location = str(CHROMIUM)
+        chromium, chromedriver = browser_paths()
+        options.binary_location = str(chromium)
         for flag in (
             "--headless=new",
             "--no-sandbox",
@@ -226,7 +256,7 @@ class Browser:
         for flag in flags:
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
+        self.driver = webdriver.Chrome(options=options, service=Service(executable_path=str(chromedriver)))
         self.driver.set_script_timeout(20)
 
     def open(self, url: str) -> None:

@@ -97,11 +97,16 @@ def camera(driver_video: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 
 @pytest.fixture(scope="module")
-def service(tiny_avatar: Path) -> Iterator[LiveService]:
+def chromium() -> None:
+    """Skip (saying why) before anything costly is built when there is no browser."""
     require_chromium()
+
+
+@pytest.fixture(scope="module")
+def service(chromium: None, tiny_avatar: Path) -> Iterator[LiveService]:
     # Several browsers on two cores: admit by the session limit, not by measured capacity.
     args = ["serve", str(tiny_avatar), "--source", "webrtc", "--sink", "webrtc", "--port", "0"]
-    live = LiveService([*args, "--admission", "limit", "--max-per-client", "4"])
+    live = LiveService([*args, "--admission", "limit", "--max-per-client", "4"], probe=True)
     try:
         yield live
     finally:
@@ -279,6 +284,12 @@ def test_dashboard_shows_the_live_sessions_numbers(service: LiveService, camera:
     dash.js(f"document.querySelector('{card} [data-action=pause]').click()")
     page.wait_state({"running", "no-face"}, timeout=20)
 
+    # The card's calibrate button takes this session's driver's current face as their neutral.
+    assert service.calibrations(session_id) == []
+    dash.js(f"document.querySelector('{card} [data-action=calibrate]').click()")
+    wait_until(lambda: service.calibrations(session_id), 20, "the card's calibration to reach its session")
+    assert service.calibrations(session_id) == ["True"]
+
 
 def test_page_controls_reach_its_session(service: LiveService, camera: Path, open_browser: Open) -> None:
     from selenium.webdriver.common.by import By
@@ -293,6 +304,12 @@ def test_page_controls_reach_its_session(service: LiveService, camera: Path, ope
     browser.driver.find_element(By.ID, "pause").click()
     browser.wait_state({"running", "no-face"}, timeout=20)
     assert _state(service, session_id) == "running"
+
+    # Calibrate neutral: the page's own session takes the current face as its neutral.
+    assert service.calibrations(session_id) == []
+    browser.driver.find_element(By.ID, "calibrate").click()
+    wait_until(lambda: service.calibrations(session_id), 20, "the page's calibration to reach its session")
+    assert service.calibrations(session_id) == ["True"]
 
     # This service has no background picture: it refuses "image", and the page says so and
     # puts the menu back.
