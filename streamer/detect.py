@@ -53,6 +53,11 @@ def read_file(path: Path) -> VideoReading:
     return read_lumas(_video_lumas(path))
 
 
+def file_found(reading: VideoReading) -> bool:
+    """Whether `detect` calls a file marked: some frame's own reading, or all frames' folds summed."""
+    return reading.found > 0 or (reading.combined is not None and reading.combined.found)
+
+
 def avatar_digest(path: Path) -> int:
     """The watermark digest an avatar file's frames carry."""
     from models.avatar import read_header
@@ -64,7 +69,7 @@ def detect(path: Path, avatar: Path | None = None, anchors: bytes | None = None)
     """Everything `avatarcam detect` reports about one file (a JSON-ready dict)."""
     reading = read_file(path)
     digest = reading.digest
-    found = reading.found > 0 or (reading.combined is not None and reading.combined.found)
+    found = file_found(reading)
     log_fa = false_alarm_log10(reading)
     if reading.combined is not None and reading.combined.found:
         log_fa = min(log_fa, false_alarm_log10(VideoReading(1, 1, {}, None)))

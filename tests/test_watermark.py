@@ -110,11 +110,12 @@ def test_embedding_is_cheap(frames: list[U8]) -> None:
 
     mark = wm.Watermarker(1)
     mark(frames[0])
-    start = time.perf_counter()
+    # CPU time of this thread: the bar is one core's work, and a busy machine only stretches wall time
+    start = time.thread_time()
     for f in frames:
         mark(f)
-    per_frame = (time.perf_counter() - start) / len(frames)
-    assert per_frame < 1e-3, f"{per_frame * 1e3:.2f} ms per 256 px frame"
+    per_frame = (time.thread_time() - start) / len(frames)
+    assert per_frame < 1e-3, f"{per_frame * 1e3:.2f} ms of CPU per 256 px frame"
 
 
 def test_compositor_marks_last_and_demo_avatars_cannot_go_unmarked(frames: list[U8]) -> None:
