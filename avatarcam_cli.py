@@ -63,7 +63,7 @@ def _preset_override(text: str) -> tuple[str, str]:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from models.train import TrainOptions, run
+    from models.training.train import TrainOptions, run
 
     options = TrainOptions(
         data=args.data,
@@ -113,7 +113,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from models.distill import DistillOptions, run
+    from models.training.distill import DistillOptions, run
 
     options = DistillOptions(
         avatar=args.avatar,
@@ -137,7 +137,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from models.bench import BenchOptions, run
+    from streamer.bench import BenchOptions, run
 
     options = BenchOptions(
         avatar=args.avatar,
@@ -170,8 +170,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from models.evaluate import EvaluateOptions, run
-    from models.metrics import MetricWeights
+    from models.evaluation.evaluate import EvaluateOptions, run
+    from models.evaluation.metrics import MetricWeights
 
     regions = {"full": ("full",), "masked": ("masked",), "both": ("full", "masked")}[args.region]
     weights = MetricWeights(args.lpips_backbone, args.lpips_heads, args.fid_inception, args.facenet)
@@ -194,12 +194,12 @@ def _evaluate(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
     )
     if args.ablate:
-        from models.ablate import AblateOptions
-        from models.evaluate import EvaluateError
+        from models.evaluation.ablate import AblateOptions
+        from models.evaluation.evaluate import EvaluateError
 
         if args.data is None:
             raise EvaluateError("--ablate trains variants on the dataset: pass --data")
-        from models.ablate import run as ablate
+        from models.evaluation.ablate import run as ablate
 
         summary = ablate(AblateOptions(options, steps=args.ablate_steps))
     else:
@@ -210,7 +210,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _reenact(args: argparse.Namespace) -> int:
-    from models.reenact import ReenactOptions, run
+    from streamer.reenact import ReenactOptions, run
 
     options = ReenactOptions(
         avatar=args.avatar,
@@ -651,19 +651,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from models.ablate import AblateError
     from models.avatar import AvatarError
-    from models.bench import BenchError
-    from models.checkpoint import CheckpointError
-    from models.data import DatasetError
-    from models.distill import DistillError
     from models.engines import EngineUnavailable
-    from models.evaluate import EvaluateError
-    from models.reenact import ReenactError
-    from models.train import TrainError
+    from models.evaluation.ablate import AblateError
+    from models.evaluation.evaluate import EvaluateError
+    from models.training.checkpoint import CheckpointError
+    from models.training.data import DatasetError
+    from models.training.distill import DistillError
+    from models.training.train import TrainError
+    from streamer.bench import BenchError
     from streamer.connect import ConnectError
     from streamer.credentials import CredentialsError
     from streamer.detect import DetectError
+    from streamer.reenact import ReenactError
     from streamer.service import ServeError
     from streamer.sinks import SinkError
     from streamer.sources import SourceError

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from models.avatar import load_avatar
-from models.data import FrameSet
 from models.engines import Engine, create_engine
+from models.training.data import FrameSet
 
 BLOCK = 10
 

@@ -50,10 +50,10 @@ RECIPES: dict[str, dict[str, str]] = {"classic": CLASSIC, "fast": {}, **ABLATION
 def train_and_evaluate(
     data: Path, out: Path, recipe: str, minutes: float, frames: int, baselines: bool
 ) -> dict[str, Any]:
-    from models.evaluate import EvaluateOptions
-    from models.evaluate import run as evaluate
-    from models.train import TrainOptions
-    from models.train import run as train
+    from models.evaluation.evaluate import EvaluateOptions
+    from models.evaluation.evaluate import run as evaluate
+    from models.training.train import TrainOptions
+    from models.training.train import run as train
 
     run_dir = out / "runs" / f"{recipe.replace(' ', '')}-{minutes:g}min"
     options = TrainOptions(

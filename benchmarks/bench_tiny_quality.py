@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from models import checkpoint as ckpt
-from models.data import FrameSet
-from models.networks import SelfieAvatarGenerator
-from models.presets import Preset, get_preset
-from models.train import TrainOptions, heldout_psnr, psnr, run
+from models.networks.presets import Preset, get_preset
+from models.networks.selfieavatar import SelfieAvatarGenerator
+from models.training import checkpoint as ckpt
+from models.training.data import FrameSet
+from models.training.train import TrainOptions, heldout_psnr, psnr, run
 from tracking.prepare import PrepareConfig
 from tracking.prepare import run as prepare
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from models.data import FrameSet
-from models.train import Trainer, TrainOptions
+from models.training.data import FrameSet
+from models.training.train import Trainer, TrainOptions
 from tracking.prepare import PrepareConfig
 from tracking.prepare import run as prepare
 

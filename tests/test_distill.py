@@ -16,10 +16,10 @@ import torch
 
 from avatarcam_cli import main
 from models.avatar import load_avatar
-from models.data import FrameSet
-from models.distill import DistillError, DistillOptions, distill, label, shifted, translate
 from models.engines.inference import TeacherNet
-from models.train import psnr
+from models.training.data import FrameSet
+from models.training.distill import DistillError, DistillOptions, distill, label, shifted, translate
+from models.training.train import psnr
 from tests.media import one_torch_thread
 
 _threads = pytest.fixture(autouse=True, scope="module")(one_torch_thread)

@@ -19,12 +19,12 @@ import torch
 from torch import nn
 
 from models.avatar import add_student, load_avatar, read_header
-from models.data import FrameSet
 from models.engines import ENGINES, EngineUnavailable, create_engine
 from models.engines.inference import TeacherNet
 from models.engines.onnx_engine import OnnxEngine, export_beside, onnx_path_for
 from models.engines.torch_engine import TorchEngine
-from models.student import StudentNet
+from models.networks.student import StudentNet
+from models.training.data import FrameSet
 from tests.media import one_torch_thread
 
 _threads = pytest.fixture(autouse=True, scope="module")(one_torch_thread)

@@ -76,9 +76,9 @@ def test_cross_reenactment_measures_expression_pose_and_identity(
 def test_ablation_trains_both_variants_and_writes_the_table(tiny_avatar_root: Path, tmp_path: Path) -> None:
     """A run with L_cos and L_mrf on (GAN off, for speed): each variant is trained for the
     requested steps with exactly its loss switched off, and evaluated."""
-    from models import checkpoint as ckpt
-    from models.train import TrainOptions
-    from models.train import run as train
+    from models.training import checkpoint as ckpt
+    from models.training.train import TrainOptions
+    from models.training.train import run as train
 
     data, source = tiny_avatar_root / "data", tmp_path / "run"
     no_gan = (("gan_g", 0.0), ("gan_d", 0.0), ("r1_gamma", 0.0))
@@ -113,7 +113,7 @@ def test_bad_inputs_fail_with_one_line(tiny_avatar: Path, tmp_path: Path, capsys
 
 
 def test_pose_and_expression_errors() -> None:
-    from models.evaluate import _angle_diff, _centred_errors
+    from models.evaluation.evaluate import _angle_diff, _centred_errors
 
     assert np.allclose(_angle_diff(np.array([179.0, -170.0, 10.0]), np.array([-179.0, 170.0, 10.0])), [-2, 20, 0])
     rng = np.random.default_rng(0)

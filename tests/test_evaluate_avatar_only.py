@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from avatarcam_cli import main
-from models.evaluate import EvaluateError, EvaluateOptions
+from models.evaluation.evaluate import EvaluateError, EvaluateOptions
 from streamer.demo import DEMO_AVATAR
 from tests.media import first_frames, one_torch_thread, write_video
 

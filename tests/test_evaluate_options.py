@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from avatarcam_cli import main
-from models.evaluate import driver_neutral
+from models.evaluation.evaluate import driver_neutral
 from tests.media import first_frames, one_torch_thread, write_video
 from tracking.tracker import FaceTracker
 from tracking.video import read_frames

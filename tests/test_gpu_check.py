@@ -134,8 +134,9 @@ def test_what_the_run_imports_loads_without_mediapipe_pyav_aiortc() -> None:
     """The GPU machine has none of them: a module-level import of one would end the run there."""
     code = (
         "import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; gpu_check.block_imports(gpu_check.BLOCKED); "
-        "import models.train, models.evaluate, models.engines, models.engines.cuda_engine, models.metrics, "
-        "models.avatar, models.student, tracking.render, models.pretrained.vgg19, models.pretrained.facenet\n"
+        "import models.training.train, models.evaluation.evaluate, models.engines, models.engines.cuda_engine, "
+        "models.evaluation.metrics, "
+        "models.avatar, models.networks.student, tracking.render, models.pretrained.vgg19, models.pretrained.facenet\n"
         "try:\n    import av\nexcept ImportError:\n    print('blocked')"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, cwd=ROOT)

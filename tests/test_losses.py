@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.losses import (
+from models.networks.losses import (
     IDMRFLoss,
     discriminator_gan_loss,
     generator_gan_loss,

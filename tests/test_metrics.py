@@ -24,9 +24,9 @@ import pytest
 import torch
 from torch import nn
 
-from models.metrics import MetricWeights, create_metric
-from models.metrics.csim import crop_faces
-from models.metrics.fid import (
+from models.evaluation.metrics import MetricWeights, create_metric
+from models.evaluation.metrics.csim import crop_faces
+from models.evaluation.metrics.fid import (
     FID_TORCHSCRIPT,
     InceptionFID,
     frechet_distance,
@@ -34,9 +34,9 @@ from models.metrics.fid import (
     load_torchscript,
     resize_nv_bilinear,
 )
-from models.metrics.lpips import LPIPS_ALEX_CKPT, LPIPS_HEADS_PTH, LPIPSNet, load_lpips, read_jax_pickle
-from models.metrics.psnr import psnr
-from models.metrics.ssim import ssim
+from models.evaluation.metrics.lpips import LPIPS_ALEX_CKPT, LPIPS_HEADS_PTH, LPIPSNet, load_lpips, read_jax_pickle
+from models.evaluation.metrics.psnr import psnr
+from models.evaluation.metrics.ssim import ssim
 from models.pretrained.cache import Asset
 from tests.media import first_frames, one_torch_thread
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from models.layers import MinibatchStd, ModulatedConv2d, assert_shape, modulated_conv2d, split_resolution
-from models.networks import Discriminator, SelfieAvatarGenerator, crop_windows, sample_texture
-from models.presets import PRESETS, LossConfig, NetworkConfig, Preset, get_preset
+from models.networks.layers import MinibatchStd, ModulatedConv2d, assert_shape, modulated_conv2d, split_resolution
+from models.networks.presets import PRESETS, LossConfig, NetworkConfig, Preset, get_preset
+from models.networks.selfieavatar import Discriminator, SelfieAvatarGenerator, crop_windows, sample_texture
 from tests.media import one_torch_thread
 
 TINY = get_preset("tiny")

@@ -4,26 +4,25 @@ bf16 autocast, the time budget and the evaluation baselines. No wall-clock asser
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from models.data import FrameSet, cut, detail_boxes
-from models.evaluate import Baselines, beats_baselines, expression_correlations
 from models.engines.inference import TeacherNet
-from models.layers import ToRGB
-from models.networks import LaplacianPyramid, SelfieAvatarGenerator, sample_texture
-from tracking.prepare import estimate_background
-from models.train import TrainError, TrainOptions, override_preset, run
-from tracking.prepare import PrepareConfig
+from models.evaluation.evaluate import Baselines, beats_baselines, expression_correlations
+from models.networks.layers import ToRGB
+from models.networks.selfieavatar import LaplacianPyramid, SelfieAvatarGenerator, sample_texture
+from models.training.data import FrameSet, cut, detail_boxes
+from models.training.train import TrainError, TrainOptions, override_preset, run
+from tracking.prepare import PrepareConfig, estimate_background
 from tracking.prepare import run as prepare
 from tracking.texture import back_project
 
@@ -246,7 +245,7 @@ def test_minutes_must_be_positive(data128: Path, tmp_path: Path) -> None:
 def test_baselines_are_the_trivial_answers(data128: Path) -> None:
     """The nearest-frame baseline returns the training frame itself when asked with that
     frame's own pose and expression; the mean baseline is the mean training frame."""
-    from models.evaluate import split_frames
+    from models.evaluation.evaluate import split_frames
 
     baselines = Baselines(data128, 128)
     _, batches = split_frames(data128, "train", None, 128, 4)

@@ -14,12 +14,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from models import checkpoint as ckpt
 from models.avatar import AvatarError, export, load_avatar, read_header
-from models.data import FrameSet
-from models.networks import SelfieAvatarGenerator
-from models.presets import Preset
-from models.train import TrainError, TrainOptions, heldout_psnr, psnr, run
+from models.networks.presets import Preset
+from models.networks.selfieavatar import SelfieAvatarGenerator
+from models.training import checkpoint as ckpt
+from models.training.data import FrameSet
+from models.training.train import TrainError, TrainOptions, heldout_psnr, psnr, run
 from tracking.prepare import PrepareConfig
 from tracking.prepare import run as prepare
 

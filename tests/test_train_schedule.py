@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 
-from models import checkpoint as ckpt
-from models.presets import get_preset
-from models.train import TrainOptions, run
+from models.networks.presets import get_preset
+from models.training import checkpoint as ckpt
+from models.training.train import TrainOptions, run
 from tests.media import one_torch_thread
 
 pytestmark = pytest.mark.slow

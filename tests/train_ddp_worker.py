@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from models import train
-from models.networks import SelfieAvatarGenerator
+from models.networks.selfieavatar import SelfieAvatarGenerator
+from models.training import train
 
 SEPARABLE = (("train.sliding_window", "false"), ("network.mbstd_group", "1"))
 LOSSES = (("mrf", 0.0), ("cos", 0.0), ("r1_interval", 2.0))  # GAN and R1 on; R1 on steps 0 and 2

@@ -47,7 +47,7 @@ from tracking.mesh import CanonicalMesh, load_canonical_mesh
 from tracking.render import FaceRenderer
 from tracking.texture import back_project
 from tracking.tracker import BLENDSHAPE_NAMES, FaceTrack, FaceTracker, face_size
-from tracking.video import VideoInfo, probe, read_frames
+from tracking.video import TrackedVideo, VideoInfo, probe, read_frames
 
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
@@ -111,19 +111,6 @@ class Stopwatch:
         with self.lock:
             self.seconds[stage] += now - start
         return now
-
-
-@dataclass(frozen=True)
-class TrackedVideo:
-    """Pass-1 result for one video: per-frame tracks (None where the face was lost)."""
-
-    info: VideoInfo
-    times: list[float]
-    tracks: list[FaceTrack | None]
-
-    @property
-    def tracked(self) -> list[int]:
-        return [i for i, t in enumerate(self.tracks) if t is not None]
 
 
 # ---------------------------------------------------------------------------------- pass 1

@@ -14,7 +14,7 @@ from tracking.mesh import load_canonical_mesh
 from tracking.tracker import BLENDSHAPE_NAMES
 
 if TYPE_CHECKING:
-    from tracking.prepare import TrackedVideo
+    from tracking.video import TrackedVideo
 
 U8 = npt.NDArray[np.uint8]
 TILE = 192

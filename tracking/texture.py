@@ -7,7 +7,7 @@ rim of the face is dropped (background bleeds into it). Each texel takes the wei
 samples, which ignores what only a few frames show (a blink, an open mouth, a hand), and texels no
 frame saw are filled from coarser levels of a push-pull pyramid.
 
-The result seeds the generator's neural texture (`models/networks.py`), so the texture rendering
+The result seeds the generator's neural texture (`models/networks/selfieavatar.py`), so the texture rendering
 shows the person's face from the first training step instead of a flat albedo.
 """
 

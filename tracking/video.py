@@ -6,10 +6,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import av
 import numpy as np
 import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from tracking.tracker import FaceTrack
 
 U8 = npt.NDArray[np.uint8]
 
@@ -92,3 +96,16 @@ def read_frames(path: Path, max_frames: int | None = None) -> Iterator[tuple[int
                 index += 1
         except av.error.FFmpegError as exc:
             raise VideoError(f"{path}: decoding failed after {index} frames ({exc.strerror or exc})") from exc
+
+
+@dataclass(frozen=True)
+class TrackedVideo:
+    """Pass-1 result for one video: per-frame tracks (None where the face was lost)."""
+
+    info: VideoInfo
+    times: list[float]
+    tracks: list[FaceTrack | None]
+
+    @property
+    def tracked(self) -> list[int]:
+        return [i for i, t in enumerate(self.tracks) if t is not None]

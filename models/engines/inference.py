@@ -5,7 +5,7 @@ live frames were never seen in training) and the centred background window. Both
 styles are therefore constants, so each modulated convolution folds into a plain convolution
 with a fixed weight (modulation and demodulation multiplied in once, at load). What remains per
 frame is: the neural-texture lookup, two plain-conv UNets and the blend with cached features.
-That is what `TeacherNet` runs; a distilled student (`models.student.StudentNet`) has the same
+That is what `TeacherNet` runs; a distilled student (`models.networks.student.StudentNet`) has the same
 call signature, and `inference_network` picks whichever the avatar carries.
 
 `EngineNet` wraps either with the engine's array contract (uv uint16 and shaded uint8, NHWC, in;
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.avatar import Avatar
-from models.layers import ModulatedConv2d, assert_shape, downsample2x, upsample2x
-from models.networks import SelfieAvatarGenerator, StyleUNet, over_plate, rgb_residual, sample_texture
+from models.networks.layers import ModulatedConv2d, assert_shape, downsample2x, upsample2x
+from models.networks.selfieavatar import SelfieAvatarGenerator, StyleUNet, over_plate, rgb_residual, sample_texture
 
 
 class FoldedConv(nn.Module):

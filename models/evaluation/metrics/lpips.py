@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.metrics.base import FrameMean, MetricWeights, check_pair, register
+from models.evaluation.metrics.base import FrameMean, MetricWeights, check_pair, register
 from models.pretrained.cache import Asset, Converted, Tensors, load_converted
 
 __all__ = ["LPIPS_ALEX_CKPT", "LPIPS_HEADS", "AlexNetFeatures", "LPIPSNet", "load_lpips", "read_jax_pickle"]

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.layers import assert_shape, upsample2x
+from models.networks.layers import assert_shape, upsample2x
 
 
 @dataclass(frozen=True)

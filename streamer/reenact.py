@@ -170,7 +170,7 @@ def _disclosure(options: ReenactOptions, avatar: Avatar) -> tuple[Any, Any]:
 
 def run(options: ReenactOptions) -> dict[str, Any]:
     """Write the reenacted video; returns a summary (frames, fps, size, audio, face-found share)."""
-    from models.evaluate import EvaluateError, driver_neutral
+    from models.evaluation.evaluate import EvaluateError, driver_neutral
     from streamer.compose import ComposeConfig, Compositor
     from streamer.credentials import CredentialsError, sign_mp4
     from tracking.video import probe

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, get_args, get_origin
 
-from models.layers import channels_at, split_resolution
+from models.networks.layers import channels_at, split_resolution
 
 PresetName = Literal["tiny", "cpu-256", "256", "512"]
 

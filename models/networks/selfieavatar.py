@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.layers import (
+from models.networks.layers import (
     EqualConv2d,
     EqualLinear,
     MappingNetwork,
@@ -36,7 +36,7 @@ from models.layers import (
     split_resolution,
     upsample2x,
 )
-from models.presets import NetworkConfig
+from models.networks.presets import NetworkConfig
 
 SQRT_HALF = math.sqrt(0.5)  # keeps the variance of a sum of two unit-variance paths at one
 

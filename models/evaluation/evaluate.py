@@ -31,9 +31,9 @@ from tqdm import tqdm
 
 from models.avatar import Avatar, load_avatar
 from models.engines import Engine, create_engine
-from models.metrics import Metric, MetricWeights, create_metric
-from models.metrics.csim import CSIM, face_boxes
-from models.report import ReportWriter, error_map
+from models.evaluation.metrics import Metric, MetricWeights, create_metric
+from models.evaluation.metrics.csim import CSIM, face_boxes
+from models.evaluation.report import ReportWriter, error_map
 from tracking.tracker import FaceTrack, FaceTracker
 
 U8 = npt.NDArray[np.uint8]

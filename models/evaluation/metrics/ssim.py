@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.metrics.base import FrameMean, MetricWeights, check_pair, register
+from models.evaluation.metrics.base import FrameMean, MetricWeights, check_pair, register
 
 SIGMA = 1.5
 RADIUS = 5  # scipy's gaussian_filter radius: int(truncate 3.5 * sigma + 0.5)

@@ -11,13 +11,13 @@ read from files the user passes (`MetricWeights`).
 
 from __future__ import annotations
 
-from models.metrics.base import METRICS, Metric, MetricWeights, create_metric, register
+from models.evaluation.metrics.base import METRICS, Metric, MetricWeights, create_metric, register
 
 __all__ = ["METRICS", "Metric", "MetricWeights", "create_metric", "register"]
 
 # Metrics register themselves on import; importing them here keeps the registry explicit.
-from models.metrics import csim as _csim  # noqa: F401
-from models.metrics import fid as _fid  # noqa: F401
-from models.metrics import lpips as _lpips  # noqa: F401
-from models.metrics import psnr as _psnr  # noqa: F401
-from models.metrics import ssim as _ssim  # noqa: F401
+from models.evaluation.metrics import csim as _csim  # noqa: F401
+from models.evaluation.metrics import fid as _fid  # noqa: F401
+from models.evaluation.metrics import lpips as _lpips  # noqa: F401
+from models.evaluation.metrics import psnr as _psnr  # noqa: F401
+from models.evaluation.metrics import ssim as _ssim  # noqa: F401

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.metrics.base import FrameMean, MetricWeights, check_pair, register
+from models.evaluation.metrics.base import FrameMean, MetricWeights, check_pair, register
 from models.pretrained.facenet import INPUT_SIZE, load_facenet
 
 FACE_MARGIN = 1.2  # box side / the landmarks' larger extent (about MTCNN's box + FaceNet's margin)

@@ -16,9 +16,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from models import checkpoint as ckpt
-from models.evaluate import PAPER, EvaluateOptions
-from models.evaluate import run as evaluate
+from models.evaluation.evaluate import PAPER, EvaluateOptions
+from models.evaluation.evaluate import run as evaluate
+from models.training import checkpoint as ckpt
 
 VARIANTS: dict[str, tuple[str, ...]] = {"full": (), "w/o L_cos": ("cos",), "w/o L_mrf": ("mrf",)}
 PAPER_ABLATION = {
@@ -60,8 +60,8 @@ def _weights(saved: dict[str, Any]) -> dict[str, float]:
 
 def _train_variant(saved: dict[str, Any], out: Path, steps: int, zero: tuple[str, ...]) -> Path:
     """Train (or resume) one variant with the run's options and `zero` losses switched off."""
-    from models.train import TrainOptions
-    from models.train import run as train
+    from models.training.train import TrainOptions
+    from models.training.train import run as train
 
     losses = {**_weights(saved), **dict.fromkeys(zero, 0.0)}
     latest = ckpt.latest(out)

@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from models.data import Batch, cut, face_crops
-from models.losses import (
+from models.networks.losses import (
     IDMRFLoss,
     discriminator_gan_loss,
     generator_gan_loss,
@@ -23,8 +22,9 @@ from models.losses import (
     perceptual_loss,
     r1_penalty,
 )
-from models.networks import GeneratorOutput
-from models.presets import LossConfig
+from models.networks.presets import LossConfig
+from models.networks.selfieavatar import GeneratorOutput
+from models.training.data import Batch, cut, face_crops
 
 FACE_CROP = 160
 """Side of the face crops the identity network sees (FaceNet's input size)."""

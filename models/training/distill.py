@@ -2,7 +2,7 @@
 
 The teacher (the avatar's SelfieAvatar generator, as every engine runs it: mean temporal code,
 centred window) labels the prepared dataset's training renders once; the student
-(`models.student.StudentNet`) then learns to reproduce the teacher's image and mask from the
+(`models.networks.student.StudentNet`) then learns to reproduce the teacher's image and mask from the
 same renders with plain L1. Head translations unseen in the recording are covered by shifted
 copies of the renders, labelled by the teacher too (the teacher's sliding-window training is
 what makes those labels sensible). Quality is reported on the test split, against the teacher
@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from models.avatar import Avatar, add_student, load_avatar
-from models.data import FrameSet
 from models.engines.inference import TeacherNet
-from models.student import StudentNet
-from models.train import psnr
+from models.networks.student import StudentNet
+from models.training.data import FrameSet
+from models.training.train import psnr
 
 
 class DistillError(RuntimeError):
@@ -47,7 +47,7 @@ class DistillOptions:
         shifted_copies: teacher-labelled copies of each frame with the head shifted (augmentation).
         max_shift: largest shift, as a fraction of the image side.
         eval_frames: test frames (evenly spaced) for the reported PSNR; 0 skips evaluation.
-        widths: the student's channels per level (default: models.student's).
+        widths: the student's channels per level (default: models.networks.student's).
         seed: seeds initialization, shifts and batch order.
     """
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.layers import assert_shape
+from models.networks.layers import assert_shape
 
 FeatureExtractor = Callable[[Tensor], Mapping[str, Tensor]]
 

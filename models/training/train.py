@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from models import checkpoint as ckpt
-from models.data import Batch, FrameSet, cut, detail_boxes
-from models.networks import Discriminator, SelfieAvatarGenerator
-from models.objective import LossTerms, TrainingLosses
-from models.presets import Preset, get_preset
+from models.networks.presets import Preset, get_preset
+from models.networks.selfieavatar import Discriminator, SelfieAvatarGenerator
+from models.training import checkpoint as ckpt
+from models.training.data import Batch, FrameSet, cut, detail_boxes
+from models.training.objective import LossTerms, TrainingLosses
 
 
 @dataclass(frozen=True)

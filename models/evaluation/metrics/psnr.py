@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from models.metrics.base import FrameMean, MetricWeights, check_pair, register
+from models.evaluation.metrics.base import FrameMean, MetricWeights, check_pair, register
 
 
 def psnr(fake: Tensor, real: Tensor) -> Tensor:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.metrics.base import MetricWeights, check_pair, register
+from models.evaluation.metrics.base import MetricWeights, check_pair, register
 from models.pretrained.cache import Asset, Converted, Tensors, load_converted
 
 __all__ = ["FID_INCEPTION", "FID_TORCHSCRIPT", "InceptionFID", "frechet_distance", "load_inception"]

@@ -1,0 +1,2 @@
+"""Training: the trainer and its objective, the dataset loader, checkpoints, and distillation
+into the CPU student."""
