@@ -4,6 +4,7 @@ Debian's browser and coturn), and without a browser the browser tests skip sayin
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -24,6 +25,16 @@ def _as_nobody() -> list[str]:
     if not Path("/usr/bin/setpriv").exists():
         pytest.skip("running as root without setpriv (util-linux): cannot drop to an unprivileged user")
     return ["/usr/bin/setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+
+
+def _readable_by_nobody(path: Path) -> bool:
+    """Whether the unprivileged user can read `path` (a checkout under a private folder, such as
+    a mktemp directory, is not)."""
+    prefix = _as_nobody()
+    if not prefix:
+        return True
+    done = subprocess.run([*prefix, "/usr/bin/test", "-r", str(path)], capture_output=True, check=False)
+    return done.returncode == 0
 
 
 @pytest.fixture
@@ -49,21 +60,27 @@ def _bare_path(tmp_path: Path) -> tuple[Path, Path]:
     return bin_dir, log
 
 
-def _make_browser_setup(prefix: list[str], bin_dir: Path) -> subprocess.CompletedProcess[str]:
+def _make_browser_setup(prefix: list[str], bin_dir: Path, folder: Path) -> subprocess.CompletedProcess[str]:
     env = {"PATH": str(bin_dir), "HOME": "/tmp", "LANG": "C"}
-    command = [*prefix, "/usr/bin/make", "-s", "-C", str(ROOT), "browser-setup"]
+    command = [*prefix, "/usr/bin/make", "-s", "-C", str(folder), "browser-setup"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
 
 
 @pytest.mark.skipif(not Path("/usr/bin/make").exists(), reason="no make here")
 def test_browser_setup_needs_root_only_to_install_and_otherwise_says_why(shared_tmp: Path) -> None:
     bin_dir, log = _bare_path(shared_tmp)
-    user = _make_browser_setup(_as_nobody(), bin_dir)
+    # The project's Makefile, copied where the unprivileged user can read it (the target needs
+    # nothing else from the checkout).
+    project = shared_tmp / "project"
+    project.mkdir(mode=0o755)
+    shutil.copy(ROOT / "Makefile", project / "Makefile")
+    (project / "Makefile").chmod(0o644)
+    user = _make_browser_setup(_as_nobody(), bin_dir, project)
     assert user.returncode == 0, user.stderr
     assert "skipped, not root" in user.stdout and "CHROMIUM=" in user.stdout
     assert not log.exists(), "apt-get was run by an unprivileged user"
     if os.getuid() == 0:  # as root (CI) it installs the packages
-        root = _make_browser_setup([], bin_dir)
+        root = _make_browser_setup([], bin_dir, project)
         assert root.returncode == 0, root.stderr
         assert log.read_text().splitlines() == ["update", "install -y chromium chromium-driver coturn"]
 
@@ -87,6 +104,8 @@ def test_configured_browser_is_the_one_used(monkeypatch: pytest.MonkeyPatch, tmp
 def test_browser_tests_skip_as_a_non_root_user_without_a_browser(shared_tmp: Path) -> None:
     """The browser test file itself, run by an unprivileged user with no browser: every test
     skips, with the reason, and none fails or builds an avatar first."""
+    if not _readable_by_nobody(Path(sys.executable).resolve().parent) or not _readable_by_nobody(ROOT / "tests"):
+        pytest.skip(f"{ROOT} or its virtualenv is not readable by an unprivileged user (a private parent folder)")
     tmp_path = shared_tmp
     env = {
         **os.environ,
