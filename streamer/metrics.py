@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +51,8 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _percentiles(values: deque[float]) -> dict[str, float] | None:
+def percentiles(values: Collection[float]) -> dict[str, float] | None:
+    """{p50, p99} in milliseconds of `values` (seconds), or None without samples."""
     if not values:
         return None
     p50, p99 = np.percentile(np.fromiter(values, np.float64), [50, 99])
@@ -108,7 +110,7 @@ class SessionStats:
             "fps": self.fps(),
             "frames": self.frames,
             "dropped": self.dropped,
-            "stages_ms": {s: _percentiles(v) for s, v in self.stages.items()},
-            "e2e_ms": _percentiles(self.end_to_end),
-            "glass_ms": _percentiles(self.glass),
+            "stages_ms": {s: percentiles(v) for s, v in self.stages.items()},
+            "e2e_ms": percentiles(self.end_to_end),
+            "glass_ms": percentiles(self.glass),
         }

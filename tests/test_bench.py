@@ -12,6 +12,9 @@ import pytest
 from avatarcam_cli import main
 from streamer import bench
 from streamer.bench import STAGES, BenchError, BenchOptions, Encoder
+from streamer.metrics import STAGES as SERVICE_STAGES
+from streamer.metrics import percentiles
+from streamer.session import AvatarSession
 from tests.media import first_frames, one_torch_thread
 
 _threads = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
@@ -31,44 +34,76 @@ def test_bench_json_is_complete(
 ) -> None:
     monkeypatch.setenv("AVATARCAM_HOME", str(tmp_path))
     recorded: list[dict[str, float]] = []
+    sessions: list[AvatarSession] = []
+    encoded: list[int] = []
 
     def recording(*args: Any) -> dict[str, float]:
         stamps = one_frame(*args)
         recorded.append(stamps)
         return stamps
 
+    class Recorded(AvatarSession):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            sessions.append(self)
+
+    class CountingSink(bench.EncodeSink):
+        def deliver(self, frame: Any) -> None:
+            super().deliver(frame)
+            encoded.append(frame.index)
+
     monkeypatch.setattr(bench, "_one_frame", recording)
-    args = ["bench", str(tiny_avatar), "--backend", backend, "--device", "cpu", "--frames", "12", "--warmup", "2"]
-    assert main([*args, "--video", str(driver_video), "--threads", "1", "--json"]) == 0
+    monkeypatch.setattr(bench, "AvatarSession", Recorded)
+    monkeypatch.setattr(bench, "EncodeSink", CountingSink)
+    args = ["bench", str(tiny_avatar), "--backend", backend, "--device", "cpu", "--frames", "12", "--warmup", "4"]
+    assert main([*args, "--mode", "both", "--video", str(driver_video), "--threads", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    required = {"backend", "device", "resolution", "ms_p50", "ms_p99", "fps", "stages", "peak_rss_mb", "peak_gpu_mb"}
-    assert required | {"frames", "avatar", "versions"} <= set(report)
+    required = {"backend", "device", "resolution", "pipeline", "sequential", "tracker_baseline_ms", "camera"}
+    assert required | {"peak_rss_mb", "peak_gpu_mb", "avatar", "network", "versions"} <= set(report)
     assert (report["backend"], report["device"], report["resolution"]) == (backend, "cpu", 64)
-    assert report["frames"] == 12 and report["avatar"] == tiny_avatar.name
+    assert report["avatar"] == tiny_avatar.name
     assert report["peak_gpu_mb"] is None and report["peak_rss_mb"] > 100
-    assert set(report["stages"]) == set(STAGES)
-    for stage in report["stages"].values():
-        assert 0 < stage["ms_p50"] <= stage["ms_p99"]
-    assert 0 < report["ms_p50"] <= report["ms_p99"]
-    # The report's figures are exactly the statistics of the frames that ran, and the stages
+    assert {"torch", "python", "av"} <= set(report["versions"])
+    baseline = report["tracker_baseline_ms"]
+    assert 0 < baseline["p50"] <= baseline["p99"]
+
+    # The pipeline's figures are the live session's own statistics (what /metrics and the
+    # dashboard show), over the frames it made after the warm-up.
+    live = report["pipeline"]
+    assert len(sessions) == 1
+    stats = sessions[0].stats
+    assert live["frames"] == stats.frames and 12 <= stats.frames <= 14, "the warm-up frames are not excluded"
+    assert live["sinks"] == ["encode"] and encoded, "the encoding sink never ran"
+    assert set(live["stages_ms"]) == set(SERVICE_STAGES) and set(live["dropped"]) == set(SERVICE_STAGES)
+    assert live["stages_ms"] == {name: percentiles(stats.stages[name]) for name in SERVICE_STAGES}
+    assert live["e2e_ms"] == percentiles(stats.end_to_end)
+    assert len(stats.stages["infer"]) == stats.frames
+    made = list(stats.produced_at)
+    assert live["source_fps"] == 30 and live["fps"] == pytest.approx((len(made) - 1) / (made[-1] - made[0]), abs=0.01)
+    # A frame's capture-to-sink time holds its own stages.
+    assert min(stats.end_to_end) > min(stats.stages["infer"])
+
+    # The sequential figures are exactly the statistics of the frames that ran, and the stages
     # partition each frame's time.
-    timed = recorded[2:]  # after the warm-up
-    assert len(timed) == 12
+    seq = report["sequential"]
+    timed = recorded[4:]  # after the warm-up
+    assert len(timed) == seq["frames"] == 12
     for frame in timed:
         assert sum(frame[s] for s in STAGES) == pytest.approx(frame["total"], rel=1e-9)
     total_ms = np.array([f["total"] for f in timed]) * 1000
-    assert report["ms_p50"] == pytest.approx(np.percentile(total_ms, 50), abs=0.006)
-    assert report["ms_p99"] == pytest.approx(np.percentile(total_ms, 99), abs=0.006)
-    assert report["fps"] == pytest.approx(1000 / total_ms.mean(), abs=0.006)
-    for name, stage in report["stages"].items():
-        assert stage["ms_p50"] == pytest.approx(np.percentile([f[name] * 1000 for f in timed], 50), abs=0.006)
-    assert {"torch", "python", "av"} <= set(report["versions"])
-    # The virtual camera's stage, at each webcam size, on this run's engine outputs (warm-up too).
+    assert seq["total_ms"]["p50"] == pytest.approx(np.percentile(total_ms, 50), abs=0.006)
+    assert seq["total_ms"]["p99"] == pytest.approx(np.percentile(total_ms, 99), abs=0.006)
+    assert seq["fps"] == pytest.approx(1000 / total_ms.mean(), abs=0.006)
+    assert set(seq["stages_ms"]) == set(STAGES)
+    for name, stage in seq["stages_ms"].items():
+        assert stage["p50"] == pytest.approx(np.percentile([f[name] * 1000 for f in timed], 50), abs=0.006)
+
+    # The virtual camera's stage, at each webcam size, on the pipeline's published frames.
     assert set(report["camera"]) == set(bench.CAMERA_SIZES)
     for row in report["camera"].values():
-        assert row["frames"] == 14 and row["resampler"] == "lanczos"
+        assert row["frames"] == min(len(encoded), bench.CAMERA_FRAMES) and row["resampler"] == "lanczos"
         for name in ("lanczos", "linear"):
-            assert 0 < row[name]["ms_p50"] <= row[name]["ms_p99"]
+            assert 0 < row[name]["p50"] <= row[name]["p99"]
 
 
 def test_bench_rejects_what_it_cannot_run(tiny_avatar: Path, tmp_path: Path) -> None:
