@@ -16,8 +16,8 @@ Beside both, in the same run, the bare FaceLandmarker call on the same camera fr
 any tracker-driven avatar.
 
 `camera` reports the virtual camera's own stage (it runs in the camera sink's thread, beside the
-pipeline): framing this run's avatar frames into each webcam size, with the quality resampler
-(Lanczos) and with bilinear upscaling as the baseline, on the same frames.
+pipeline): framing this run's avatar frames into each webcam size with each resampler (bicubic,
+the default; Lanczos; and bilinear as the baseline), on the same frames.
 """
 
 from __future__ import annotations
@@ -327,12 +327,12 @@ async def run_pipeline(options: BenchOptions, avatar: Avatar, layers: list[Layer
             produced_at=deque(),
         )
         await _until_frames(session, options.frames, 60.0 + 10 * options.frames / options.fps)
-        snapshot = session.stats.snapshot()
-        made = list(session.stats.produced_at)
     finally:
-        await session.stop()
+        await session.stop()  # no frame is made after this; the sinks deliver what they hold
         if peer is not None:
             await peer.close()
+    snapshot = session.stats.snapshot()
+    made = list(session.stats.produced_at)
     frames = int(metrics.registry.get_sample_value("avatarcam_frames_total") or 0)
     dropped = {
         stage: int(metrics.registry.get_sample_value("avatarcam_frames_dropped_total", {"stage": stage}) or 0)
@@ -430,7 +430,7 @@ def run_sequential(options: BenchOptions, avatar: Avatar, layers: list[Layers]) 
 
 def camera_costs(layers: list[Layers], avatar: Avatar) -> dict[str, dict[str, Any]]:
     """Per webcam size: ms per frame of the virtual camera's framing (`streamer.framing`) with
-    the quality resampler, and with bilinear upscaling as the baseline, on the same frames."""
+    each resampler (bicubic, the default; Lanczos; bilinear, the baseline), on the same frames."""
     from streamer.framing import CameraSize, Framer, FramingConfig, Resampler
     from streamer.watermark import maybe_watermark
 
@@ -439,7 +439,7 @@ def camera_costs(layers: list[Layers], avatar: Avatar) -> dict[str, dict[str, An
     for text in CAMERA_SIZES:
         size = CameraSize.parse(text)
         row: dict[str, Any] = {}
-        for resampler in (Resampler.LANCZOS, Resampler.LINEAR):
+        for resampler in Resampler:
             framer = Framer(FramingConfig(size=size, resampler=resampler))
             seconds = []
             for layer in layers:
@@ -448,7 +448,7 @@ def camera_costs(layers: list[Layers], avatar: Avatar) -> dict[str, dict[str, An
                 framer(marked)
                 seconds.append(time.perf_counter() - start)
             row[resampler.value] = percentiles(seconds)
-        row["resampler"] = Resampler.LANCZOS.value
+        row["resampler"] = FramingConfig().resampler.value
         row["frames"] = len(layers)
         report[text] = row
     return report

@@ -67,6 +67,8 @@ class ServeConfig:
         host, port: where the page, API and signaling listen (port 0: any free port).
         fps: frame rate declared to the virtual camera and the file sink.
         loop: play a file source again from the start when it ends.
+        source_fps: pace a file source at this rate, as a camera would deliver it (None: the
+            file's own rate).
         backend, device: the engine.
         compose: background mode and badge.
         framing: the virtual camera's format (default 1280x720) and how the avatar fills it; its
@@ -106,6 +108,7 @@ class ServeConfig:
     port: int = 8080
     fps: float = 30.0
     loop: bool = False
+    source_fps: float | None = None
     backend: str = "torch"
     device: str = "cpu"
     compose: ComposeConfig = field(default_factory=ComposeConfig)
@@ -151,6 +154,8 @@ class ServeConfig:
             raise ValueError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
         if self.max_sessions < 1 or self.offers_per_minute < 1 or self.bitrate < 50_000 or self.fps < 0:
             raise ValueError("max_sessions and offers_per_minute must be >= 1, bitrate >= 50000, fps >= 0")
+        if self.source_fps is not None and (self.source_fps <= 0 or self.source.kind != "file"):
+            raise ValueError("--source-fps paces a file source: give a rate > 0 with --source file:PATH")
         if self.max_per_client < 1 or self.connect_timeout <= 0:
             raise ValueError("max_per_client must be >= 1 and connect_timeout > 0")
         if self.admission not in ("capacity", "limit"):
@@ -295,7 +300,7 @@ class Service:
                 if sink.kind not in ("webrtc", "null"):
                     raise SinkError(f"sink {sink} needs a shared source (camera:N or file:PATH), not webrtc")
             return
-        source = open_source(self.config.source, self.clock, loop=self.config.loop)
+        source = open_source(self.config.source, self.clock, loop=self.config.loop, fps=self.config.source_fps)
         shared = AvatarSession("main", self.default_avatar, source, self.session_config(), self.clock, self.metrics)
         for cam in cameras:
             shared.add_sink(cam)

@@ -221,10 +221,11 @@ class TrackSource:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def open_source(spec: SourceSpec, clock: Clock, *, loop: bool = False) -> Source:
-    """Build a camera or file source (WebRTC sources are made per peer by the server)."""
+def open_source(spec: SourceSpec, clock: Clock, *, loop: bool = False, fps: float | None = None) -> Source:
+    """Build a camera or file source (WebRTC sources are made per peer by the server); `fps`
+    paces a file at that rate instead of its own."""
     if spec.kind == "file":
-        return FileSource(Path(spec.target), clock, loop=loop)
+        return FileSource(Path(spec.target), clock, loop=loop, fps=fps)
     if spec.kind == "camera":
         return CameraSource(int(spec.target), clock)
     raise SourceError(f"source {spec} is created per WebRTC peer, not opened directly")

@@ -101,8 +101,8 @@ def test_bench_json_is_complete(
     # The virtual camera's stage, at each webcam size, on the pipeline's published frames.
     assert set(report["camera"]) == set(bench.CAMERA_SIZES)
     for row in report["camera"].values():
-        assert row["frames"] == min(len(encoded), bench.CAMERA_FRAMES) and row["resampler"] == "lanczos"
-        for name in ("lanczos", "linear"):
+        assert row["frames"] == min(len(encoded), bench.CAMERA_FRAMES) and row["resampler"] == "cubic"
+        for name in ("cubic", "lanczos", "linear"):
             assert 0 < row[name]["p50"] <= row[name]["p99"]
 
 

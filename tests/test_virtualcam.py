@@ -126,6 +126,29 @@ def test_framer_fills_the_camera_with_the_avatar_centred_and_no_black_bars(
     assert (badge < 30).any() and (badge > 230).any()
 
 
+@pytest.mark.parametrize("size", SIZES, ids=str)
+@pytest.mark.parametrize("zoom", [1.0, 0.8])
+def test_learned_framing_is_the_crop_feathered_into_its_extension(size: CameraSize, zoom: float) -> None:
+    """The picture is alpha * crop + (1 - alpha) * extension with alpha = max(mask, seam ramp),
+    everywhere (the framer blends only where the ramp is below 1), and the extension outside."""
+    layers = _layers(r=256)
+    noise = np.random.default_rng(3).integers(-40, 41, layers.image.shape)  # so crop and extension differ
+    textured = np.clip(layers.image + noise, 0, 255).astype(np.uint8)
+    framer = Framer(FramingConfig(size=size, zoom=zoom))
+    out = framer(Layers(textured, layers.mask, Background.LEARNED, False, None))
+    p, behind = framer.place, framer._behind[Background.LEARNED]
+    crop = (slice(p.y, p.y + p.side), slice(p.x, p.x + p.side))
+    image = cv2.resize(textured, (p.side, p.side), interpolation=cv2.INTER_CUBIC).astype(np.float32)
+    mask = cv2.resize(layers.mask, (p.side, p.side), interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255
+    alpha = np.maximum(mask, framer._ramp)[..., None]
+    assert (framer._ramp < 1).any(), "no seam: this size and zoom test nothing"
+    expected = alpha * image + (1 - alpha) * behind[crop]
+    assert np.abs(out[crop].astype(np.float32) - expected).max() <= 1.0
+    outside = out.copy()
+    outside[crop] = behind[crop]
+    assert (outside == behind).all()
+
+
 def test_blur_background_is_smooth_and_learned_keeps_detail() -> None:
     rng = np.random.default_rng(1)
     layers = _layers()
@@ -272,7 +295,7 @@ def test_idle_avatar_blinks_and_breathes_in_the_camera_picture() -> None:
         engine.close()
     assert picture.shape == (720, 1280, 3)
     moved = [float(np.abs(a.astype(np.int16) - b).mean()) for a, b in itertools.pairwise(pictures)]
-    assert np.median(moved) > 0.05  # never a frozen picture: it breathes
+    assert np.median(moved) > 0.02  # never a frozen picture (a held one gives exactly 0): it breathes
     _assert_face_centred_and_blinking(pictures)
 
 
