@@ -406,6 +406,7 @@ def _connect(args: argparse.Namespace) -> int:
     config = ConnectConfig(
         url=args.url,
         token=args.token,
+        cafile=args.cafile,
         camera=None if args.video is not None else (0 if args.camera is None else args.camera),
         video=args.video,
         loop=args.loop,
@@ -651,6 +652,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("connect", help="drive an avatar on a remote `serve --source webrtc` from this camera")
     p.add_argument("url", help="the server's URL as `avatarcam serve` printed it (may carry ?token=)")
     p.add_argument("--token", help="the server's access token (default: the URL's ?token=)")
+    p.add_argument(
+        "--cafile", type=Path, help="trust this certificate (PEM) for an https server, e.g. its self-signed one"
+    )
     given = p.add_mutually_exclusive_group()
     given.add_argument("--camera", type=int, help="local camera index to send (default 0)")
     given.add_argument("--video", type=Path, help="send this video file instead, paced as a camera")

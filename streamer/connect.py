@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import signal
+import ssl
 import sys
 from collections import deque
 from collections.abc import Callable
@@ -84,6 +85,8 @@ class ConnectConfig:
     Attributes:
         url: the server, as `avatarcam serve` printed it (http(s)://HOST:PORT/, maybe ?token=T).
         token: the server's access token (None: the URL's ?token=, or none).
+        cafile: certificates (PEM) to trust for an https server besides the system's: the
+            server's own self-signed certificate, or the CA that signed its certificate.
         camera: the local camera index to send (None when `video` is given).
         video: a video file sent instead of a camera, paced at its own frame rate.
         loop: play `video` again from the start when it ends.
@@ -111,6 +114,7 @@ class ConnectConfig:
 
     url: str
     token: str | None = None
+    cafile: Path | None = None
     camera: int | None = 0
     video: Path | None = None
     loop: bool = False
@@ -145,6 +149,10 @@ class ConnectConfig:
         token = self.token or next(iter(parse_qs(parts.query).get("token", [])), None)
         if (self.camera is None) == (self.video is None):
             raise ValueError("give either --camera N or --video PATH")
+        if self.cafile is not None and not self.cafile.is_file():
+            raise ValueError(f"--cafile {self.cafile}: no such file")
+        if self.cafile is not None and parts.scheme != "https":
+            raise ValueError("--cafile is for an https:// URL")
         if self.video is not None and not self.video.is_file():
             raise ValueError(f"--video {self.video}: no such file")
         if self.loop and self.video is None:
@@ -572,6 +580,12 @@ def _auth(token: str | None) -> dict[str, str]:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "no answer (timed out)"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return (
+            f"its certificate is not trusted ({exc.certificate_error.__class__.__name__}: "
+            f"{getattr(exc.certificate_error, 'verify_message', exc.certificate_error)}); pass --cafile CERT.pem "
+            "(for `serve --tls-self-signed`, the self-signed.crt it logged)"
+        )
     if isinstance(exc, aiohttp.ClientConnectorError):
         return str(exc.os_error.strerror or exc.os_error).lower()
     return str(exc) or type(exc).__name__
@@ -683,7 +697,10 @@ class Client:
     async def startup(self) -> None:
         """Check the server, then open the source and the sinks and start capturing."""
         config = self.config
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15, connect=5))
+        trust = ssl.create_default_context(cafile=str(config.cafile)) if config.cafile is not None else True
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=15, connect=5), connector=aiohttp.TCPConnector(ssl=trust)
+        )
         self.info = await probe(self._http, config)
         set_bitrate(config.bitrate)
         resolution = int(self.info["resolution"])

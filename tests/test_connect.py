@@ -346,6 +346,35 @@ def test_bad_inputs_exit_2_with_one_line(
     assert message in _one_error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
+@pytest.mark.usefixtures("restore_logging")
+def test_https_server_with_a_self_signed_certificate_needs_cafile(
+    tiny_avatar: Path,
+    driver_video: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`serve --tls-self-signed`: connect refuses the untrusted certificate with one line that
+    names --cafile, and with `--cafile` the server's own certificate the avatar comes back."""
+    monkeypatch.setenv("AVATARCAM_HOME", str(tmp_path))  # where serve makes its certificate
+    live = LiveService([*_serve_args(tiny_avatar), "--tls-self-signed"])
+    try:
+        assert live.url.startswith("https://127.0.0.1:")
+        cert = tmp_path / "tls" / "self-signed.crt"
+        assert cert.is_file()
+        code = avatarcam_cli.main(
+            ["connect", live.url, "--video", str(driver_video), "--sink", "null", "--seconds", "1"]
+        )
+        assert code == 2
+        line = _one_error_line(capsys.readouterr().err)
+        assert "certificate is not trusted" in line and "--cafile" in line
+        report = asyncio.run(connect(_config(live.url, driver_video, cafile=cert, seconds=3)))
+        assert report["frames_received"] > 0 and report["reconnects"] == 0
+    finally:
+        live.stop(timeout=180)
+
+
 @pytest.mark.skipif(display_problem() is not None, reason=f"no preview window here: {display_problem()}")
 @pytest.mark.slow
 def test_window_sink_shows_the_avatar(server: LiveService, driver_video: Path) -> None:
@@ -358,4 +387,8 @@ def test_config_is_checked_at_the_edge(driver_video: Path) -> None:
         _config("http://127.0.0.1:1/", Path("nothing.mp4")).resolved()
     with pytest.raises(ValueError, match="give the address"):
         _config("127.0.0.1:8080", driver_video).resolved()
+    with pytest.raises(ValueError, match="--cafile is for an https"):
+        _config("http://127.0.0.1:1/", driver_video, cafile=driver_video).resolved()
+    with pytest.raises(ValueError, match=r"--cafile .*no such file"):
+        _config("https://127.0.0.1:1/", driver_video, cafile=Path("absent.pem")).resolved()
     assert _config(f"http://h:1/?token={TOKEN}", driver_video).resolved().token == TOKEN  # as serve prints it
