@@ -452,8 +452,10 @@ class Link:
         clock: Clock,
         on_frame: Callable[[Frame], None],
         on_message: Callable[[dict[str, Any]], None],
+        replaces: str | None = None,
     ) -> None:
         self.config = config
+        self.replaces = replaces  # the server's id of our previous peer, which this link takes over
         self.http = http
         self.clock = clock
         self.on_frame = on_frame
@@ -463,6 +465,7 @@ class Link:
         self.lost = asyncio.Event()
         self.reason = ""
         self.session: str | None = None
+        self.peer: str | None = None  # the server's id of this link's peer
         self.opened_at = clock.now()
         self.last_frame_at: float | None = None
         self._channel: Any = None
@@ -485,13 +488,13 @@ class Link:
         pc.on("track", self._on_track)
         pc.on("connectionstatechange", self._on_state)
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers all candidates here
-        body = {
-            "sdp": pc.localDescription.sdp,
-            "type": pc.localDescription.type,
-            "options": {"codec": self.config.codec, "stamp": self.config.stamp},
-        }
+        options: dict[str, Any] = {"codec": self.config.codec, "stamp": self.config.stamp}
+        if self.replaces is not None:  # a reconnect: the server frees the old peer's slot now
+            options["replaces"] = self.replaces
+        body = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "options": options}
         answer = await self._post_offer(body)
         self.session = answer.get("session")
+        self.peer = answer.get("peer") if isinstance(answer.get("peer"), str) else None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         self.opened_at = self.clock.now()
 
@@ -745,8 +748,9 @@ class Client:
     async def main_loop(self) -> None:
         """Connect, watch the link, and reconnect with backoff until asked to exit."""
         attempt = 0
+        previous: str | None = None  # the server's id of the last peer that got an answer
         while not self.should_exit.is_set():
-            link = Link(self.config, self._require_http(), self.clock, self._on_frame, self._on_message)
+            link = Link(self.config, self._require_http(), self.clock, self._on_frame, self._on_message, previous)
             try:
                 await link.open()
             except _Retry as exc:
@@ -759,6 +763,7 @@ class Client:
             except BaseException:
                 await link.close()
                 raise
+            previous = link.peer or previous
             self.link = link
             self.state = "live"
             assert self.presenter is not None

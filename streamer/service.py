@@ -417,6 +417,7 @@ class Service:
         ):
             raise RequestError(400, f"background must be one of {[b.value for b in Background]}")
         stamp = bool(options.get("stamp", False))
+        await self._replace(options.get("replaces"), client)
         self._admit(client)
 
         ice = [self._ice_server(url) for url in self.config.ice_servers]
@@ -441,6 +442,20 @@ class Service:
             "session": session.id if session is not None else peer.id,
             "peer": peer.id,
         }
+
+    async def _replace(self, replaces: Any, client: str) -> None:
+        """A reconnecting client names the peer it had (`options.replaces`, the id an earlier
+        answer gave): that peer is closed before admission, so a link that died on the client's
+        side (a network drop) does not hold its slot until ICE gives up on it. Only a peer of the
+        same client address is closed; an unknown id is ignored."""
+        if replaces is None:
+            return
+        if not isinstance(replaces, str):
+            raise RequestError(400, "options.replaces must be the peer id an earlier answer gave")
+        old = self.peers.get(replaces)
+        if old is not None and old.client == client:
+            log.info("peer %s from %s is replaced by its reconnecting client", old.id, client)
+            await self.close_peer(old.id)
 
     def _ice_server(self, url: str) -> RTCIceServer:
         if url.startswith(("turn:", "turns:")):

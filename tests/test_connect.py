@@ -264,6 +264,55 @@ def test_reconnects_after_the_server_is_killed_and_restarted(
     assert result["max_gap"] < 0.5 and result["cards"] > 0, result
 
 
+@pytest.mark.slow
+def test_a_reconnect_names_the_old_peer_so_the_server_frees_its_slot(
+    tiny_avatar: Path, driver_video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The link stalls while the server still holds its peer (its avatar frames stop coming): the
+    client reconnects with `options.replaces` set to the old peer's id, and the server, whose
+    per-client cap is 1, closes that peer and admits the new one at once instead of refusing it."""
+    from streamer.connect import Link
+    from streamer.service import ServeConfig
+    from streamer.sources import SourceSpec
+    from tests.test_serve import running
+
+    offers: list[dict[str, Any]] = []
+    post = Link._post_offer
+
+    async def recording(self: Link, body: dict[str, Any]) -> dict[str, Any]:
+        answer = await post(self, body)
+        offers.append({"options": body["options"], "peer": answer.get("peer")})
+        return answer
+
+    monkeypatch.setattr(Link, "_post_offer", recording)
+    serve = ServeConfig(avatars=(tiny_avatar,), source=SourceSpec("webrtc", ""), sinks=(), port=0,
+                        backend="torch", admission="limit", max_per_client=1, connect_timeout=60.0)  # fmt: skip
+
+    async def scenario() -> tuple[list[str], int]:
+        async with running(serve) as server:
+            client = Client(_config(f"http://127.0.0.1:{server.port}/", driver_video))
+            await client.startup()
+            main = asyncio.create_task(client.main_loop())
+            try:
+                await _until(lambda: client.stats.frames_received >= 10, 60, "avatar frames")
+                (peer,) = server.service.peers.values()
+                assert peer.session is not None
+                peer.session.remove_sink(peer.track)  # the server keeps the peer; frames stop
+                await _until(lambda: len(offers) >= 2 and client.state == "live", 30, "a reconnect")
+                received = client.stats.frames_received
+                await _until(lambda: client.stats.frames_received > received + 5, 30, "frames after it")
+                return list(server.service.peers), client.stats.reconnects
+            finally:
+                client.should_exit.set()
+                await main
+                await client.shutdown()
+
+    peers, reconnects = asyncio.run(scenario())
+    assert reconnects >= 1 and "replaces" not in offers[0]["options"]
+    assert offers[1]["options"]["replaces"] == offers[0]["peer"]
+    assert peers == [offers[-1]["peer"]]  # the old peer was closed, not left until ICE gives up
+
+
 # ---- bad inputs: one line, exit code 2 -----------------------------------------------------------
 
 
