@@ -40,7 +40,7 @@ class Resampler(StrEnum):
     on 2 cores (OpenCV's Lanczos is not vectorised)."""
 
     CUBIC = "cubic"  # bicubic (4x4 taps): the default
-    LANCZOS = "lanczos"  # Lanczos-4 (8x8 taps): a little higher PSNR, 20x the cost
+    LANCZOS = "lanczos"  # Lanczos-4 (8x8 taps): a little higher PSNR, 10x the cost
     LINEAR = "linear"  # bilinear: soft; the cheapest
 
     @property
