@@ -33,7 +33,7 @@ from streamer.session import AvatarEntry, AvatarSession, SessionConfig
 from streamer.sinks import FileSink, NullSink, SinkError, SinkSpec, VirtualCamSink
 from streamer.sources import SourceSpec, TrackSource, open_source
 from streamer.watermark import is_demo_identity
-from streamer.webrtc import CODECS, AvatarTrack, prefer_codec, set_bitrate
+from streamer.webrtc import CODECS, AvatarTrack, prefer_codec, set_bitrate, tolerate_closed_connects
 
 log = logging.getLogger(__name__)
 
@@ -268,6 +268,7 @@ class Service:
     async def startup(self) -> None:
         """Open the virtual cameras (starting card), load avatars and, for a camera or file
         source, start the shared session and its sinks."""
+        tolerate_closed_connects(asyncio.get_running_loop())
         set_bitrate(self.config.bitrate)
         cameras = self._open_cameras()
         try:

@@ -7,6 +7,7 @@ frames here instead of building latency.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from fractions import Fraction
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import av
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCIceServer, RTCRtpSender
 from aiortc.codecs import h264, vpx
+from aiortc.exceptions import InvalidStateError
 from aiortc.mediastreams import MediaStreamError
 
 from streamer.clock import Clock
@@ -97,3 +99,22 @@ def ice_configuration(urls: tuple[str, ...], username: str | None = None, creden
         for url in urls
     ]
     return RTCConfiguration(iceServers=servers)
+
+
+def tolerate_closed_connects(loop: asyncio.AbstractEventLoop) -> None:
+    """Log at INFO, not ERROR, the one task aiortc leaves unretrieved when a peer is closed while
+    it is still connecting (`RTCPeerConnection.__connect` raising "RTCIceTransport is closed",
+    aiortc issue #1040): closing such a peer is this service's job (connect timeout, a vanished
+    client). Every other unhandled exception goes to the handler that was there before."""
+    previous = loop.get_exception_handler()
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc, task = context.get("exception"), context.get("future")
+        if isinstance(exc, InvalidStateError) and "RTCPeerConnection.__connect" in repr(task):
+            log.info("a peer was closed while it was connecting (%s)", exc)
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)

@@ -189,3 +189,39 @@ def test_file_sink_writes_a_playable_mp4(tmp_path: Path) -> None:
 
 
 # The virtual camera's tests are in tests/test_virtualcam.py.
+
+
+def test_a_peer_closed_while_connecting_is_not_an_error_but_other_task_failures_are() -> None:
+    """aiortc leaves `RTCPeerConnection.__connect` unretrieved when a peer is closed mid-connect
+    (aiortc#1040); the service logs that at INFO and passes every other failure on."""
+    import gc
+    from collections.abc import Coroutine
+
+    from aiortc.exceptions import InvalidStateError
+
+    from streamer.webrtc import tolerate_closed_connects
+
+    class RTCPeerConnection:  # the qualname aiortc's task has
+        async def __connect(self) -> None:
+            raise InvalidStateError("RTCIceTransport is closed")
+
+        def start(self) -> Coroutine[None, None, None]:
+            return self.__connect()
+
+    async def other() -> None:
+        raise InvalidStateError("something else")
+
+    seen: list[str] = []
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: seen.append(repr(context.get("exception"))))
+        tolerate_closed_connects(loop)
+        for coro in (RTCPeerConnection().start(), other()):
+            task = loop.create_task(coro)
+            await asyncio.sleep(0)
+            del task
+            gc.collect()  # the unretrieved exception is reported when the task is collected
+
+    asyncio.run(scenario())
+    assert seen == ["InvalidStateError('something else')"]
