@@ -303,10 +303,13 @@ class VirtualCamSink:
             return card(self.size, "avatarcam", "waiting for the avatar...", now - self._started_at), True
         return self._picture, False
 
-    def _deliver(self, frame: Frame | None, now: float) -> bool:
+    def _deliver(self, frame: Frame | None, now: float) -> None:
         picture, is_card = self._render(frame, now)
         self.camera.send(picture)
-        return is_card
+        # Counted here, in the worker: a close that cancels the publisher while this picture is on
+        # its way would otherwise leave one handed to the device and not counted.
+        self.sent += 1
+        self.cards += is_card
 
     async def _publish(self) -> None:
         loop = asyncio.get_running_loop()
@@ -317,12 +320,10 @@ class VirtualCamSink:
             frame, self._fresh = (self._latest if self._fresh else None), False
             start = self.clock.now()
             try:
-                is_card = await loop.run_in_executor(self._executor, self._deliver, frame, deadline)
+                await loop.run_in_executor(self._executor, self._deliver, frame, deadline)
             except Exception:
                 log.exception("virtual camera: a frame failed")
                 continue
-            self.sent += 1
-            self.cards += is_card
             end = self.clock.now()
             if frame is not None and self.report is not None:
                 self.report(frame, end - start, end)
