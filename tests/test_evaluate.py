@@ -70,6 +70,34 @@ def test_cross_reenactment_measures_expression_pose_and_identity(
     assert np.mean(per_frame["aed"]) == pytest.approx(metrics["aed"], abs=1e-12)
     assert np.mean(per_frame["apd"]) == pytest.approx(metrics["apd"], abs=1e-12)
     assert "driver | avatar" in (out / "index.html").read_text()
+    _assert_errors_match_an_independent_retrack(driver, out, per_frame)
+
+
+def _assert_errors_match_an_independent_retrack(driver: Path, out: Path, per_frame: dict[str, list]) -> None:
+    """Each frame's AED and APD, recomputed here: the driver re-tracked (every frame, video mode,
+    the same timestamps) against the avatar frame the report saved (its right-hand tile, 256 px,
+    lossless), re-tracked the same way. An error that compares the wrong faces, leaves out a pose
+    angle or is offset fails this."""
+    import cv2
+
+    from tracking.tracker import FaceTracker
+    from tracking.video import read_frames
+
+    picked, drivers, stamps = per_frame["frame"], {}, {}
+    with FaceTracker() as tracker:
+        for index, seconds, rgb in read_frames(driver):
+            stamps[index] = round(seconds * 1000)
+            track = tracker(rgb, stamps[index])
+            if index in picked:
+                drivers[index] = track
+    with FaceTracker() as tracker:
+        for index, aed, apd in zip(picked, per_frame["aed"], per_frame["apd"], strict=True):
+            tile = cv2.imread(str(out / "frames" / f"frame-{index:06d}.png"))[:, -256:, ::-1]
+            got, want = tracker(np.ascontiguousarray(tile), stamps[index]), drivers[index]
+            assert got is not None and want is not None, index
+            expression = np.abs(got.blendshapes[1:] - want.blendshapes[1:]).mean()
+            turn = (got.pose.as_vector()[:3] - want.pose.as_vector()[:3] + 180) % 360 - 180
+            assert aed == pytest.approx(expression, abs=1e-4) and apd == pytest.approx(np.abs(turn).mean(), abs=1e-3)
 
 
 @pytest.mark.slow

@@ -47,7 +47,9 @@ def test_region_picks_what_is_compared(tiny_avatar: Path, tiny_avatar_root: Path
     assert masked["region"] == "masked" and "masked" not in masked and "masked" not in full
     for name in ("psnr", "ssim"):
         assert masked[name] == both["masked"][name] and full[name] == both[name]
-    assert masked["psnr"] != full["psnr"]
+    # Masking both images leaves each pixel's error scaled by the person mask (<= 1), and zero off
+    # the person: the masked PSNR is above the full one whenever the background is not perfect.
+    assert masked["psnr"] > full["psnr"] + 0.1, (masked, full)
 
 
 @pytest.fixture(scope="module")

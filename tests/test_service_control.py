@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,8 @@ import numpy as np
 import pytest
 
 from streamer.server import Server
-from tests.test_serve import DEADLINE, base_url, running, shared_config, until
+from streamer.sources import SourceSpec
+from tests.test_serve import DEADLINE, Client, base_url, running, shared_config, until
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,11 +103,22 @@ def test_sigterm_stops_the_service_within_its_shutdown_timeout(tiny_avatar: Path
     try:
         line = process.stdout.readline()
         assert "serving on" in line, process.stderr.read() if process.stderr else line
-        time.sleep(2.0)  # frames flowing through every stage
-        sent = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
-        took = time.monotonic() - sent
+        url = line.split("serving on", 1)[1].strip()
+
+        async def terminate_with_a_peer() -> tuple[str, float]:
+            """A WebRTC peer receives the avatar while SIGTERM arrives: shutdown closes it too."""
+            client = Client()
+            try:
+                await client.connect(url)
+                await client.wait_frames(10)
+                sent = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                _, err = await asyncio.to_thread(process.communicate, timeout=30)
+                return err, time.monotonic() - sent
+            finally:
+                await client.close()
+
+        err, took = asyncio.run(terminate_with_a_peer())
     finally:
         process.kill()
     assert process.returncode == 0, err[-2000:]
@@ -121,13 +134,12 @@ def test_no_stun_server_unless_one_is_configured(
     import aiortc
 
     from streamer import service as service_module
-    from tests.test_serve import Client
 
     seen: list[list[str]] = []
     real = aiortc.RTCPeerConnection
 
     def recording(configuration: aiortc.RTCConfiguration | None = None) -> aiortc.RTCPeerConnection:
-        servers = [] if configuration is None else configuration.iceServers
+        servers = None if configuration is None else configuration.iceServers  # None: aiortc picks
         seen.append(["(aiortc default)"] if servers is None else [s.urls for s in servers])
         return real(configuration)
 
@@ -144,3 +156,29 @@ def test_no_stun_server_unless_one_is_configured(
     asyncio.run(one_peer())
     asyncio.run(one_peer(ice_servers=("stun:stun.example.org:3478",)))
     assert seen == [[], ["stun:stun.example.org:3478"]]
+
+    # The same for `avatarcam connect`'s own peer connection (its link to a remote serve).
+    from streamer import connect as connect_module
+    from streamer.connect import Client as ConnectClient
+    from tests.test_connect import _config, _until
+
+    seen.clear()
+    monkeypatch.setattr(connect_module, "RTCPeerConnection", recording)
+
+    async def one_link(**changes: Any) -> None:
+        serve = replace(shared_config(tiny_avatar, driver_video), source=SourceSpec("webrtc", ""), sinks=())
+        async with running(serve) as server:
+            client = ConnectClient(_config(base_url(server), driver_video, **changes))
+            await client.startup()
+            main = asyncio.create_task(client.main_loop())
+            try:
+                await _until(lambda: client.stats.frames_received >= 1, 60, "an avatar frame")
+            finally:
+                client.should_exit.set()
+                await main
+                await client.shutdown()
+
+    asyncio.run(one_link())
+    asyncio.run(one_link(ice_servers=("stun:stun.example.org:3478",)))
+    # seen also holds the server's peers (its patch is still on, and it has no ICE servers): [].
+    assert [urls for urls in seen if urls] == [["stun:stun.example.org:3478"]] and seen.count([]) >= 3, seen

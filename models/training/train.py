@@ -201,8 +201,6 @@ class Trainer:
         ckpt.restore(loaded, self.modules(), self.optimizers())
         self.step = loaded.step
         self.progress = float(loaded.meta.get("progress", 0.0))
-        if self.should_freeze():
-            self.generator.freeze_static()
 
     def should_freeze(self) -> bool:
         """G_f / G_b freeze at freeze_static_fraction of the run when set, else at freeze_static_after steps."""
@@ -331,8 +329,6 @@ class Trainer:
 
         self._update_ema()
         self.step += 1
-        if self.preset.train.freeze_static_fraction <= 0 and self.step == self.preset.train.freeze_static_after:
-            self.generator.freeze_static()
         return logs
 
     @torch.no_grad()
