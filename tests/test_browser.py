@@ -317,13 +317,20 @@ def test_page_controls_reach_its_session(service: LiveService, camera: Path, ope
     wait_until(lambda: "refused" in browser.text("notice"), 20, "the refusal to show")
     assert browser.js("return document.getElementById('background').value") == "learned"
 
-    # A codec is fixed at negotiation: choosing another connects again with it.
+    # A codec is fixed at negotiation: choosing another connects again with it. The new offer names
+    # the peer it replaces, so the server closes the old one before it answers. To tell that from
+    # the page's own close reaching the server, the old connection's close() is made a no-op, as
+    # when the network drops it: the server alone can end it (the old peer stays connected).
+    browser.js("const pc = window.avatarcam.pc; window.stalePeer = pc; pc.close = () => {};")
     Select(browser.driver.find_element(By.ID, "codec")).select_by_value("h264")
     wait_until(lambda: "H264" in browser.text("video-info").upper(), 90, "H.264 video")
     browser.wait_value("stat-fps")
     new_id = browser.text("session")
     assert new_id != session_id
-    wait_until(lambda: _session(service, session_id) is None, 60, "the first connection's session to end")
+    assert _session(service, session_id) is None, "the replaced connection's session is still live"
+    stale = "return window.stalePeer.connectionState"
+    wait_until(lambda: browser.js(stale) in ("disconnected", "failed"), 30, "the server to end the old connection")
+    browser.js("RTCPeerConnection.prototype.close.call(window.stalePeer);")
 
 
 def test_page_says_when_no_face_is_found(service: LiveService, open_browser: Open, tmp_path: Path) -> None:

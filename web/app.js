@@ -190,6 +190,7 @@ const app = {
   pc: null,
   channel: null,
   session: null,
+  peer: null, // the server's id of this page's latest peer: a reconnect names it (options.replaces)
   attempt: 0,
   retryTimer: null,
   statsTimer: null,
@@ -310,8 +311,16 @@ async function connect() {
   const answer = await api("/offer", {
     sdp: pc.localDescription.sdp,
     type: pc.localDescription.type,
-    options: { codec, stamp: app.mode === "camera", background: $("background").value },
+    // A reconnect names the peer it replaces, and the server closes that one at once: a link that
+    // died on this side would otherwise hold its slot until the server's ICE gives up on it.
+    options: {
+      codec,
+      stamp: app.mode === "camera",
+      background: $("background").value,
+      replaces: app.peer ?? undefined,
+    },
   });
+  app.peer = answer.peer ?? null;
   if (generation !== app.generation) return;
   app.session = answer.session;
   $("session").textContent = answer.session ?? "–";
