@@ -71,7 +71,7 @@ bench-prepare: setup
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
-# The GPU check (benchmarks/gpu_check.py, README "GPU check"): `make gpu-pack` packs a prepared
+# The GPU check (benchmarks/gpu_check/, README "GPU check"): `make gpu-pack` packs a prepared
 # dataset and the pretrained weights into $(GPU_PACK) (< 64 MiB with the repository);
 # `make gpu-check` runs the check from it and writes $(GPU_OUT)/gpu_check.json. It needs no
 # setup where the pack exists: on a machine without .venv it runs the system python3.
@@ -81,8 +81,8 @@ GPU_OUT  ?= $(if $(OUT),$(OUT),out/gpu-check)
 GPU_PY   ?= $(if $(wildcard $(PY)),$(PY),python3)
 
 gpu-pack: setup
-	$(PY) benchmarks/gpu_check.py pack --data $(GPU_DATA) -o $(GPU_PACK)
+	$(PY) benchmarks/gpu_check pack --data $(GPU_DATA) -o $(GPU_PACK)
 
 gpu-check:
 	test -f $(GPU_PACK)/pack.json || $(MAKE) gpu-pack
-	$(GPU_PY) benchmarks/gpu_check.py run --pack $(GPU_PACK) --out $(GPU_OUT)
+	$(GPU_PY) benchmarks/gpu_check run --pack $(GPU_PACK) --out $(GPU_OUT)

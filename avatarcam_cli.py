@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from streamer.framing import FramingConfig
-    from streamer.service import ServeConfig
+    from streamer.serve.config import ServeConfig
+    from streamer.stages.framing import FramingConfig
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -137,7 +137,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from streamer.bench import BenchOptions, run
+    from streamer.tools.bench import BenchOptions, run
 
     options = BenchOptions(
         avatar=args.avatar,
@@ -230,7 +230,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _reenact(args: argparse.Namespace) -> int:
-    from streamer.reenact import ReenactOptions, run
+    from streamer.tools.reenact import ReenactOptions, run
 
     options = ReenactOptions(
         avatar=args.avatar,
@@ -252,7 +252,7 @@ def _reenact(args: argparse.Namespace) -> int:
 
 
 def _devices(args: argparse.Namespace) -> int:
-    from streamer.devices import list_devices
+    from streamer.tools.devices import list_devices
 
     report = list_devices(probe=args.probe)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
@@ -260,7 +260,7 @@ def _devices(args: argparse.Namespace) -> int:
 
 
 def _detect(args: argparse.Namespace) -> int:
-    from streamer.detect import describe, detect
+    from streamer.provenance.detect import describe, detect
 
     anchors = args.trust.read_bytes() if args.trust is not None else None
     reports = [detect(path, args.avatar, anchors) for path in args.files]
@@ -278,10 +278,11 @@ def _live_backend(args: argparse.Namespace) -> str:
 
 
 def _serve_config(args: argparse.Namespace) -> ServeConfig:
-    from streamer.compose import Background, ComposeConfig
-    from streamer.service import ServeConfig
-    from streamer.sinks import SinkSpec
-    from streamer.sources import SourceSpec
+    from streamer.core.frames import Background
+    from streamer.serve.config import ServeConfig
+    from streamer.sinks import parse_sink
+    from streamer.sources import parse_source
+    from streamer.stages.compose import ComposeConfig
 
     compose = ComposeConfig(
         Background(args.background), args.background_image, badge=not args.no_badge, watermark=not args.no_watermark
@@ -290,8 +291,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
         _refuse_unmarked(args.avatar)
     return ServeConfig(
         avatars=tuple(args.avatar),
-        source=SourceSpec.parse(args.source),
-        sinks=tuple(SinkSpec.parse(s) for s in args.sink or ["webrtc"]),
+        source=parse_source(args.source),
+        sinks=tuple(parse_sink(s) for s in args.sink or ["webrtc"]),
         host=args.host,
         port=args.port,
         fps=args.fps,
@@ -316,8 +317,8 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
 
 def _framing(args: argparse.Namespace) -> FramingConfig:
     """The virtual camera's format and framing (serve and demo)."""
-    from streamer.framing import CameraSize, FramingConfig, Resampler
-    from streamer.service import ServeError
+    from streamer.serve.config import ServeError
+    from streamer.stages.framing import CameraSize, FramingConfig, Resampler
 
     try:
         size = CameraSize.parse(args.camera_size)
@@ -344,7 +345,7 @@ def _security_fields(args: argparse.Namespace) -> dict[str, Any]:
 def _refuse_unmarked(paths: Sequence[Path]) -> None:
     """--no-watermark is for a user's own avatars, never the shipped demo's (ValueError otherwise)."""
     from models.avatar import read_header
-    from streamer.watermark import refuse_unmarked
+    from streamer.provenance.identity import refuse_unmarked
 
     for path in paths:
         if path.is_file():
@@ -352,7 +353,7 @@ def _refuse_unmarked(paths: Sequence[Path]) -> None:
 
 
 def _resolved(build: Callable[[argparse.Namespace], ServeConfig], args: argparse.Namespace) -> ServeConfig:
-    from streamer.service import ServeError
+    from streamer.serve.config import ServeError
 
     try:
         return build(args).resolved()
@@ -361,7 +362,8 @@ def _resolved(build: Callable[[argparse.Namespace], ServeConfig], args: argparse
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from streamer.server import configure_logging, run
+    from streamer.core.logs import configure_logging
+    from streamer.serve.http import run
 
     configure_logging(args.log_format)
     run(_resolved(_serve_config, args))
@@ -369,11 +371,12 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from streamer.demo import demo_config
-    from streamer.server import configure_logging, run
+    from streamer.core.logs import configure_logging
+    from streamer.serve.demo import demo_config
+    from streamer.serve.http import run
 
     if args.no_watermark:
-        from streamer.service import ServeError
+        from streamer.serve.config import ServeError
 
         raise ServeError("the shipped demo avatar is always watermarked: --no-watermark is only for your own avatar")
     configure_logging(args.log_format)
@@ -399,8 +402,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> int:
-    from streamer.connect import ConnectConfig, ConnectError, parse_sink, run
-    from streamer.server import configure_logging
+    from streamer.connect.client import run
+    from streamer.connect.config import ConnectConfig, ConnectError
+    from streamer.core.logs import configure_logging
+    from streamer.sinks import parse_sink
 
     configure_logging("text", level=logging.getLevelNamesMapping()[args.log_level])
     config = ConnectConfig(
@@ -410,7 +415,7 @@ def _connect(args: argparse.Namespace) -> int:
         camera=None if args.video is not None else (0 if args.camera is None else args.camera),
         video=args.video,
         loop=args.loop,
-        sinks=tuple(parse_sink(s) for s in args.sink or ["virtualcam"]),
+        sinks=tuple(parse_sink(s, peers=False) for s in args.sink or ["virtualcam"]),
         seconds=args.seconds,
         codec=args.codec,
         bitrate=args.bitrate,
@@ -693,14 +698,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     from models.training.data import DatasetError
     from models.training.distill import DistillError
     from models.training.train import TrainError
-    from streamer.bench import BenchError
-    from streamer.connect import ConnectError
-    from streamer.credentials import CredentialsError
-    from streamer.detect import DetectError
-    from streamer.reenact import ReenactError
-    from streamer.service import ServeError
-    from streamer.sinks import SinkError
-    from streamer.sources import SourceError
+    from streamer.connect.config import ConnectError
+    from streamer.provenance.credentials import CredentialsError
+    from streamer.provenance.detect import DetectError
+    from streamer.serve.config import ServeError
+    from streamer.sinks.base import SinkError
+    from streamer.sources.base import SourceError
+    from streamer.tools.bench import BenchError
+    from streamer.tools.reenact import ReenactError
     from tracking.assets import AssetMissing
     from tracking.prepare import PrepareError
     from tracking.video import VideoError

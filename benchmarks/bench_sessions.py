@@ -31,10 +31,10 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.demo import DEMO_AVATAR  # noqa: E402
-from streamer.server import Server  # noqa: E402
-from streamer.service import ServeConfig  # noqa: E402
-from streamer.sources import SourceSpec  # noqa: E402
+from streamer.serve.config import ServeConfig  # noqa: E402
+from streamer.serve.demo import DEMO_AVATAR  # noqa: E402
+from streamer.serve.http import Server  # noqa: E402
+from streamer.sources.base import SourceSpec  # noqa: E402
 from tracking.video import read_frames  # noqa: E402
 
 DRIVER = ROOT.parent / "shared" / "data" / "512" / "drv_lp_d10_512.mp4"

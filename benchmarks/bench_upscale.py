@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from models.evaluation.metrics import create_metric
-from streamer.framing import Resampler
+from streamer.stages.framing import Resampler
 from tracking.video import probe, read_frames
 
 DEFAULT_VIDEO = (

@@ -31,11 +31,13 @@ import cv2
 import numpy as np
 import pyvirtualcam
 
-from streamer.demo import DEMO_AVATAR, DEMO_CLIP
-from streamer.framing import CameraSize, FramingConfig
-from streamer.service import ServeConfig, Service
-from streamer.sinks import SinkSpec, VirtualCamSink
-from streamer.sources import SourceSpec
+from streamer.serve.config import ServeConfig
+from streamer.serve.demo import DEMO_AVATAR, DEMO_CLIP
+from streamer.serve.service import Service
+from streamer.sinks.base import SinkSpec
+from streamer.sinks.virtualcam import VirtualCamSink
+from streamer.sources.base import SourceSpec
+from streamer.stages.framing import CameraSize, FramingConfig
 
 
 class Capture:

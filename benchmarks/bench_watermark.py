@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streamer import watermark as wm  # noqa: E402
+from streamer.provenance import watermark as wm  # noqa: E402
 
 U8 = np.ndarray
 SHARED = ROOT.parent / "shared" / "data"
@@ -59,9 +59,9 @@ def avatar_frames(avatar_path: Path, driver: Path, count: int) -> list[U8]:
     """Composed (badged, unmarked) frames of the avatar driven by `driver`, as `reenact` makes them."""
     from models.avatar import load_avatar
     from models.engines import create_engine
-    from models.evaluation.evaluate import driver_neutral
-    from streamer.compose import ComposeConfig, Compositor
-    from streamer.reenact import drive_frames
+    from streamer.stages.compose import ComposeConfig, Compositor
+    from streamer.tools.reenact import drive_frames
+    from tracking.neutral import driver_neutral
 
     avatar = load_avatar(avatar_path)
     engine = create_engine("onnx", avatar, "cpu")
@@ -316,7 +316,7 @@ def false_positives(candidate: Candidate, stride: int) -> dict[str, Any]:
     for path in videos:
         flag: bool | None = None
         if isinstance(candidate, Ours):
-            from streamer.detect import file_found, read_file
+            from streamer.provenance.detect import file_found, read_file
 
             # stride 1: the `avatarcam detect` path itself (every frame's luma from the decoder)
             reading = read_file(path) if stride == 1 else wm.read_lumas(wm.luma(f) for f in video_frames(path, stride))

@@ -19,7 +19,8 @@ import numpy as np
 
 from models.avatar import load_avatar
 from models.engines import create_engine
-from models.evaluation.evaluate import driver_neutral, evenly_spaced, split_frames
+from models.evaluation.evaluate import evenly_spaced, split_frames
+from tracking.neutral import driver_neutral
 from tracking.tracker import BLENDSHAPE_NAMES, FaceTracker
 
 DRIVERS = ("drv_aoc_512.mp4", "drv_lp_d9_512.mp4", "drv_lp_d10_512.mp4")

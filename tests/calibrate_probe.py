@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 
 import avatarcam_cli
-from streamer.session import AvatarSession
+from streamer.pipeline.session import AvatarSession
 
 
 def main() -> int:

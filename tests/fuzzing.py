@@ -21,7 +21,7 @@ import aiohttp
 import psutil
 from aiortc import RTCConfiguration, RTCPeerConnection
 
-from streamer.server import Server
+from streamer.serve.http import Server
 
 JUNK = ["", " ", "\x00", "\ufffd", "é", "\r\n", "a" * 300, "-1", "99999999999999999999", "NaN", "{", "💥", "\\", "%s"]
 VALUES: list[Any] = [None, True, 0, -1, 2**64, 1.5, float("inf"), "", "x" * 5000, [], [1, [2]], {}, {"a": {}}, "pause"]

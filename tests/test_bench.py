@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from avatarcam_cli import main
-from streamer import bench
-from streamer.bench import STAGES, BenchError, BenchOptions, Encoder
-from streamer.metrics import STAGES as SERVICE_STAGES
-from streamer.metrics import percentiles
-from streamer.session import AvatarSession
+from streamer.core.metrics import STAGES as SERVICE_STAGES
+from streamer.core.metrics import percentiles
+from streamer.pipeline.session import AvatarSession
+from streamer.tools import bench
+from streamer.tools.bench import STAGES, BenchError, BenchOptions, Encoder
 from tests.media import first_frames, one_torch_thread
 
 _threads = pytest.fixture(autouse=True, scope="module")(one_torch_thread)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from streamer import stamp
+from streamer.core import stamp
 from tests.browser import (
     ARTIFACTS,
     Browser,

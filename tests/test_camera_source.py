@@ -11,7 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from streamer.sources import CameraSource, SourceEnded, SourceError
+from streamer.sources.base import SourceEnded, SourceError
+from streamer.sources.camera import CameraSource
 
 # What each opening of the camera delivers: (frame read?, the clock's time at that read).
 REELS = [

@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,11 +24,14 @@ import pytest
 import pyvirtualcam
 
 import avatarcam_cli
-from streamer import stamp
-from streamer.connect import Client, ConnectConfig, ConnectStats, Presenter, connect, parse_sink
-from streamer.frames import Frame
-from streamer.sinks import SinkSpec
-from streamer.window import display_problem
+from streamer.connect.client import Client, connect
+from streamer.connect.config import ConnectConfig
+from streamer.connect.stats import ConnectStats
+from streamer.core import stamp
+from streamer.core.frames import Frame
+from streamer.sinks import parse_sink
+from streamer.sinks.base import SinkSpec
+from streamer.sinks.window import display_problem
 from tests.browser import LiveService
 from tests.test_streamer import FakeClock
 
@@ -127,49 +130,8 @@ def test_glass_to_glass_takes_each_frame_id_once() -> None:
     assert stats.glass == [pytest.approx(0.08)] and stats.frames_received == 3
 
 
-@dataclass
-class Seen:
-    """A sink that keeps what it is sent."""
-
-    name: str = "seen"
-    report: Any = None
-    frames: list[Frame] = field(default_factory=list)
-
-    def send(self, frame: Frame) -> bool:
-        self.frames.append(frame)
-        return True
-
-    async def close(self) -> None:
-        pass
-
-
-def test_presenter_holds_the_last_frame_then_shows_the_card() -> None:
-    async def scenario() -> tuple[list[str | None], list[Frame]]:
-        clock = FakeClock(0.0)
-        stats = ConnectStats(clock)
-        sink = Seen()
-        presenter = Presenter([sink], (64, 64), 30, clock, stats, repeat_after=0.5, card_after=2.0)
-        steps: list[str | None] = [presenter.tick()]  # nothing yet, link down: the card
-        presenter.set_state(True)
-        presenter.show(Frame(np.full((32, 32, 3), 200, np.uint8), 0.0, 0))  # scaled to the sink size
-        for t in (0.1, 0.6):  # flowing, then a gap: the last frame again
-            clock.t = t
-            steps.append(presenter.tick())
-        presenter.set_state(False, "reconnecting", "the server went away")
-        for t in (1.5, 2.1):  # link down: the last frame, then the card
-            clock.t = t
-            steps.append(presenter.tick())
-        return steps, sink.frames
-
-    steps, seen = asyncio.run(scenario())
-    assert steps == ["card", None, "held", "held", "card"]
-    assert all(f.image.shape == (64, 64, 3) for f in seen)
-    assert [f.index for f in seen] == [-1, 0, -1, -1, -1]  # held and card frames are not avatar frames
-    assert np.array_equal(seen[2].image, seen[1].image) and not np.array_equal(seen[4].image, seen[1].image)
-
-
 def test_parse_sink_takes_the_service_sinks_and_window() -> None:
-    assert [str(parse_sink(s)) for s in ("virtualcam", "window", "file:o.mp4", "null")] == [
+    assert [str(parse_sink(s, peers=False)) for s in ("virtualcam", "window", "file:o.mp4", "null")] == [
         "virtualcam",
         "window",
         "file:o.mp4",
@@ -271,9 +233,9 @@ def test_a_reconnect_names_the_old_peer_so_the_server_frees_its_slot(
     """The link stalls while the server still holds its peer (its avatar frames stop coming): the
     client reconnects with `options.replaces` set to the old peer's id, and the server, whose
     per-client cap is 1, closes that peer and admits the new one at once instead of refusing it."""
-    from streamer.connect import Link
-    from streamer.service import ServeConfig
-    from streamer.sources import SourceSpec
+    from streamer.connect.link import Link
+    from streamer.serve.config import ServeConfig
+    from streamer.sources.base import SourceSpec
     from tests.test_serve import running
 
     offers: list[dict[str, Any]] = []

@@ -11,9 +11,9 @@ import av
 import pytest
 
 from avatarcam_cli import main
-from streamer import credentials as cr
-from streamer.frames import Frame
-from streamer.sinks import FileSink
+from streamer.core.frames import Frame
+from streamer.provenance import credentials as cr
+from streamer.sinks.file import FileSink
 from tests.media import first_frames, shared_video, write_video
 
 pytest.importorskip("c2pa", reason="content credentials need c2pa-python (make setup installs it)")
@@ -92,10 +92,10 @@ def test_a_users_own_key_signs(clip: Path, tmp_path: Path, home: Path) -> None:
 
 
 def test_file_sink_signs_its_recording_on_close(clip: Path, home: Path, tmp_path: Path) -> None:
-    from streamer.clock import MonotonicClock
+    from streamer.core.clock import MonotonicClock
 
     out = tmp_path / "live.mp4"
-    sink = FileSink(out, MonotonicClock(), 25.0, identity=IDENTITY)
+    sink = FileSink(out, MonotonicClock(), 25.0, identity=lambda: IDENTITY)
     for i, rgb in enumerate(first_frames(clip, 8)):
         sink.deliver(Frame(rgb, i / 25, i))  # the sink's worker-thread calls, in order
     sink.finish()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from streamer.demo import DEMO_AVATAR
-from streamer.service import HISTORY_SECONDS, ServeConfig, Service
-from streamer.sources import SourceSpec
+from streamer.serve.config import ServeConfig
+from streamer.serve.demo import DEMO_AVATAR
+from streamer.serve.service import HISTORY_SECONDS, Service
+from streamer.sources.base import SourceSpec
 
 
 def _snapshot(t: float, e2e: float) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from avatarcam_cli import main
-from streamer.devices import list_devices
+from streamer.tools.devices import list_devices
 
 
 def _fake_v4l2(root: Path) -> tuple[Path, Path]:

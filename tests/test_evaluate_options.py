@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from avatarcam_cli import main
-from models.evaluation.evaluate import driver_neutral
 from tests.media import first_frames, one_torch_thread, write_video
+from tracking.neutral import driver_neutral
 from tracking.tracker import FaceTracker
 from tracking.video import read_frames
 

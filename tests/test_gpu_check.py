@@ -1,4 +1,4 @@
-"""`benchmarks/gpu_check.py` (`make gpu-check`) in its CPU smoke mode, so the GPU run cannot rot.
+"""`benchmarks/gpu_check/` (`make gpu-check`) in its CPU smoke mode, so the GPU run cannot rot.
 
 The pack is made from the tiny real dataset of `tiny_avatar_root` (cap12, 64 px), and the run
 happens in a child process with mediapipe, PyAV and aiortc blocked, as they are absent on the
@@ -7,7 +7,6 @@ GPU machine. Its report must have every cell, each measured or null with a reaso
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -15,38 +14,28 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 
+from benchmarks.gpu_check.run import BLOCKED
+from benchmarks.gpu_check.schema import check_report, filled, skeleton
+
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
-
-
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_check"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _load()
+SCRIPT = ROOT / "benchmarks" / "gpu_check"  # a folder with __main__.py: `python benchmarks/gpu_check ...`
 
 
 def test_report_check_flags_missing_fields_and_unexplained_nulls() -> None:
-    report = gpu_check.skeleton("gpu")
-    assert gpu_check.check_report(report) == []  # every cell starts skipped, with a reason
-    ok = gpu_check.filled("latency", engine="x", preset="256", network="teacher", resolution=256, frames=10)
+    report = skeleton("gpu")
+    assert check_report(report) == []  # every cell starts skipped, with a reason
+    ok = filled("latency", engine="x", preset="256", network="teacher", resolution=256, frames=10)
     report["latency"]["teacher_256/compile_off"] = ok  # p50_ms etc. null, no reason
     del report["capacity"]["student_256"]["max_streams"]
-    problems = gpu_check.check_report(report)
+    problems = check_report(report)
     assert any("teacher_256/compile_off" in p and "without a reason" in p for p in problems), problems
     assert any("student_256" in p and "max_streams" in p for p in problems), problems
     del report["training"]
-    assert any("training: missing" in p for p in gpu_check.check_report(report))
+    assert any("training: missing" in p for p in check_report(report))
 
 
 @pytest.fixture(scope="module")
@@ -94,10 +83,10 @@ def test_pack_prints_its_size_under_the_limit_and_measures_its_fidelity(smoke: d
 @pytest.mark.slow
 def test_smoke_run_fills_every_cell_without_the_gpu_machine_s_missing_modules(smoke: dict[str, Any]) -> None:
     report = smoke["report"]
-    assert gpu_check.check_report(report) == []
+    assert check_report(report) == []
     assert report["errors"] == [], report["errors"]
     assert report["mode"] == "smoke" and report["finished"]
-    assert report["setup"]["blocked_imports"] == list(gpu_check.BLOCKED)
+    assert report["setup"]["blocked_imports"] == list(BLOCKED)
     assert report["setup"]["train_frames"] == report["pack"]["train_frames"]
     assert smoke["out"] == ["gpu_check.json", "trained.avatar"]  # what comes back from $OUT
 
@@ -133,7 +122,8 @@ def test_smoke_run_fills_every_cell_without_the_gpu_machine_s_missing_modules(sm
 def test_what_the_run_imports_loads_without_mediapipe_pyav_aiortc() -> None:
     """The GPU machine has none of them: a module-level import of one would end the run there."""
     code = (
-        "import sys; sys.path.insert(0, 'benchmarks'); import gpu_check; gpu_check.block_imports(gpu_check.BLOCKED); "
+        "import sys; sys.path.insert(0, 'benchmarks'); from gpu_check.run import BLOCKED, block_imports; "
+        "block_imports(BLOCKED); "
         "import models.training.train, models.evaluation.evaluate, models.engines, models.engines.cuda_engine, "
         "models.evaluation.metrics, "
         "models.avatar, models.networks.student, tracking.render, models.pretrained.vgg19, models.pretrained.facenet\n"

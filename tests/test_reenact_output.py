@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from avatarcam_cli import main
-from streamer.compose import badge_patch
+from streamer.stages.compose import badge_patch
 from tests.media import first_frames, one_torch_thread
 
 pytestmark = pytest.mark.slow

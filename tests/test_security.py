@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from streamer.server import Server
-from streamer.service import ServeConfig
-from streamer.sources import SourceSpec
+from streamer.serve.config import ServeConfig
+from streamer.serve.http import Server
+from streamer.sources.base import SourceSpec
 from tests.media import first_frames
 from tests.test_serve import Client, StampedClip, base_url, running, shared_config, until
 

@@ -19,15 +19,17 @@ import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-from streamer import stamp
-from streamer.clock import MonotonicClock
-from streamer.frames import Frame
-from streamer.metrics import Metrics
-from streamer.server import Server
-from streamer.service import ServeConfig
-from streamer.session import AvatarEntry, AvatarSession, SessionConfig
-from streamer.sinks import NullSink, QueuedSink, SinkSpec
-from streamer.sources import FileSource, SourceSpec
+from streamer.core import stamp
+from streamer.core.clock import MonotonicClock
+from streamer.core.frames import Frame
+from streamer.core.metrics import Metrics
+from streamer.pipeline.session import AvatarEntry, AvatarSession, SessionConfig
+from streamer.serve.config import ServeConfig
+from streamer.serve.http import Server
+from streamer.sinks.base import QueuedSink, SinkSpec
+from streamer.sinks.null import NullSink
+from streamer.sources.base import SourceSpec
+from streamer.sources.file import FileSource
 from tests.media import first_frames
 
 pytestmark = pytest.mark.slow
@@ -378,7 +380,7 @@ def test_shutdown_leaves_no_threads_or_peers(tiny_avatar: Path, driver_video: Pa
 def test_a_stage_that_keeps_failing_ends_its_session_with_a_log(
     tiny_avatar: Path, driver_video: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from streamer import session as session_module
+    from streamer.pipeline import session as session_module
 
     def broken(*_: object) -> None:
         raise RuntimeError("engine exploded")

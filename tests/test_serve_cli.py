@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.demo import DEMO_AVATAR
+from streamer.serve.demo import DEMO_AVATAR
 
 pytestmark = pytest.mark.slow
 

@@ -19,8 +19,8 @@ import aiohttp
 import numpy as np
 import pytest
 
-from streamer.server import Server
-from streamer.sources import SourceSpec
+from streamer.serve.http import Server
+from streamer.sources.base import SourceSpec
 from tests.test_serve import DEADLINE, Client, base_url, running, shared_config, until
 
 pytestmark = pytest.mark.slow
@@ -133,7 +133,7 @@ def test_no_stun_server_unless_one_is_configured(
     public Google STUN host): nothing by default, exactly the configured URL otherwise."""
     import aiortc
 
-    from streamer import service as service_module
+    from streamer.serve import service as service_module
 
     seen: list[list[str]] = []
     real = aiortc.RTCPeerConnection
@@ -158,8 +158,8 @@ def test_no_stun_server_unless_one_is_configured(
     assert seen == [[], ["stun:stun.example.org:3478"]]
 
     # The same for `avatarcam connect`'s own peer connection (its link to a remote serve).
-    from streamer import connect as connect_module
-    from streamer.connect import Client as ConnectClient
+    from streamer.connect import link as connect_module
+    from streamer.connect.client import Client as ConnectClient
     from tests.test_connect import _config, _until
 
     seen.clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from fractions import Fraction
 from pathlib import Path
 
@@ -10,13 +11,17 @@ import av
 import numpy as np
 import pytest
 
-from streamer import stamp
-from streamer.clock import Pacer
-from streamer.compose import Background, ComposeConfig, Compositor
-from streamer.frames import Frame
-from streamer.queues import Closed, DropQueue
-from streamer.sinks import FileSink, SinkError, SinkSpec
-from streamer.sources import FileSource, SourceEnded, SourceError, SourceSpec
+from streamer.core import stamp
+from streamer.core.clock import Pacer
+from streamer.core.frames import Background, Frame
+from streamer.core.queues import Closed, DropQueue
+from streamer.sinks import parse_sink
+from streamer.sinks.base import SinkError, SinkSpec
+from streamer.sinks.file import FileSink
+from streamer.sources import parse_source
+from streamer.sources.base import SourceEnded, SourceError, SourceSpec
+from streamer.sources.file import FileSource
+from streamer.stages.compose import ComposeConfig, Compositor
 from tests.media import first_frames
 
 
@@ -121,14 +126,19 @@ def test_compose_backgrounds_and_badge(tmp_path: Path) -> None:
 
 
 def test_specs_parse_or_say_what_to_write() -> None:
-    assert SourceSpec.parse("camera:0") == SourceSpec("camera", "0")
-    assert SourceSpec.parse("file:/a b.mp4").target == "/a b.mp4"
-    assert str(SourceSpec.parse("webrtc")) == "webrtc"
-    assert SinkSpec.parse("file:out.mp4") == SinkSpec("file", "out.mp4")
-    with pytest.raises(SourceError, match="camera:N"):
-        SourceSpec.parse("webcam")
-    with pytest.raises(SinkError, match="virtualcam, webrtc"):
-        SinkSpec.parse("zoom")
+    assert parse_source("camera:0") == SourceSpec("camera", "0")
+    assert parse_source("file:/a b.mp4").target == "/a b.mp4"
+    assert str(parse_source("webrtc")) == "webrtc"
+    assert parse_sink("file:out.mp4") == SinkSpec("file", "out.mp4")
+    assert parse_sink("window") == SinkSpec("window")
+    for bad in ("webcam", "camera:x", "file:", "webrtc:1"):
+        with pytest.raises(SourceError, match="camera:N, file:PATH or webrtc"):
+            parse_source(bad)
+    for bad in ("zoom", "file", "null:x"):
+        with pytest.raises(SinkError, match=re.escape("virtualcam, window, file:OUT.mp4, null or webrtc")):
+            parse_sink(bad)
+    with pytest.raises(SinkError, match=re.escape("over WebRTC; use virtualcam, window, file:OUT.mp4 or null")):
+        parse_sink("webrtc", peers=False)
 
 
 def test_file_source_paces_at_the_video_rate_and_ends(driver_video: Path, tmp_path: Path) -> None:
@@ -199,7 +209,7 @@ def test_a_peer_closed_while_connecting_is_not_an_error_but_other_task_failures_
 
     from aiortc.exceptions import InvalidStateError
 
-    from streamer.webrtc import tolerate_closed_connects
+    from streamer.core.rtc import tolerate_closed_connects
 
     class RTCPeerConnection:  # the qualname aiortc's task has
         async def __connect(self) -> None:

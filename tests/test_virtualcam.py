@@ -20,14 +20,16 @@ import numpy as np
 import pytest
 import pyvirtualcam
 
-from streamer.compose import Background, ComposeConfig, Layers
-from streamer.demo import DEMO_AVATAR
-from streamer.frames import Frame
-from streamer.framing import CameraSize, Framer, FramingConfig, Placement, fill_holes
-from streamer.idle import IdleConfig, blink_at
-from streamer.service import ServeConfig, Service
-from streamer.sinks import SinkError, SinkSpec, VirtualCamSink
-from streamer.sources import SourceSpec
+from streamer.core.frames import Background, Frame, Layers
+from streamer.pipeline.idle import IdleConfig, blink_at
+from streamer.serve.config import ServeConfig
+from streamer.serve.demo import DEMO_AVATAR
+from streamer.serve.service import Service
+from streamer.sinks.base import SinkError, SinkSpec
+from streamer.sinks.virtualcam import VirtualCamSink
+from streamer.sources.base import SourceSpec
+from streamer.stages.compose import ComposeConfig
+from streamer.stages.framing import CameraSize, Framer, FramingConfig, Placement, card, fill_holes
 from tests.media import first_frames, write_video
 from tests.test_streamer import FakeClock
 from tracking.live import LiveConfig
@@ -205,6 +207,29 @@ def test_sink_ticks_on_absolute_deadlines_card_then_frames_then_waiting_card(rec
     assert sink.sent == len(RecordingCamera.times) and sink.pacer.missed == 0
     # The avatar frame was shown, repeated while fresh, then a card once it was 1 s old.
     assert 0 < sink.cards < sink.sent and sink.sent - sink.cards == pytest.approx(30, abs=1)
+    assert sink.repeated == sink.sent - sink.cards - 1  # one fresh picture, then repeats of it
+
+
+def test_status_is_what_the_card_says_until_a_frame_comes_and_after_it_goes_stale(recording: str) -> None:
+    """connect's "reconnecting" card: the one virtual camera that holds the last frame in a gap
+    also says why no frame comes."""
+    clock = FakeClock(start=5.0)
+    size = CameraSize(640, 480)
+    sink = VirtualCamSink(FramingConfig(size=size), 30, clock, backend=recording, stale_seconds=1.0)
+    try:
+        picture, is_card = sink._render(None, 5.0)
+        assert is_card and np.array_equal(picture, card(size, "avatarcam", "starting the avatar...", 0.0))
+        sink.status("reconnecting", "the server went away")
+        picture, is_card = sink._render(None, 5.5)
+        assert is_card and np.array_equal(picture, card(size, "reconnecting", "the server went away", 0.5))
+        shown, is_card = sink._render(Frame(_layers().image, 6.0, 0, layers=_layers()), 6.0)
+        assert not is_card and sink.repeated == 0
+        again, is_card = sink._render(None, 6.5)  # a gap shorter than stale_seconds: the frame again
+        assert not is_card and again is shown and sink.repeated == 1
+        picture, is_card = sink._render(None, 7.5)  # stale: the status card
+        assert is_card and np.array_equal(picture, card(size, "reconnecting", "the server went away", 2.5))
+    finally:
+        sink.camera.close()
 
 
 def test_missing_virtual_camera_says_how_to_make_one() -> None:
@@ -272,8 +297,8 @@ def test_idle_avatar_blinks_and_breathes_in_the_camera_picture() -> None:
     avatar is rendered as the session renders it and framed as the camera frames it; the
     re-tracked camera pictures must show the face in the middle third and blinks."""
     from models.engines import create_engine
-    from streamer.compose import Compositor
-    from streamer.session import AvatarEntry, _Driving
+    from streamer.pipeline.session import AvatarEntry, _Driving
+    from streamer.stages.compose import Compositor
 
     entry = AvatarEntry.load(DEMO_AVATAR, badge_required=True)
     driving = _Driving(entry, LiveConfig(), IdleConfig())

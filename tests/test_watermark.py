@@ -15,9 +15,10 @@ import pytest
 
 from avatarcam_cli import main
 from models.avatar import read_header
-from streamer import watermark as wm
-from streamer.compose import ComposeConfig, Compositor
-from streamer.detect import avatar_digest
+from streamer.provenance import watermark as wm
+from streamer.provenance.detect import avatar_digest
+from streamer.provenance.identity import WatermarkRequired, maybe_watermark, refuse_unmarked
+from streamer.stages.compose import ComposeConfig, Compositor
 from tests.media import first_frames, shared_video
 
 U8 = npt.NDArray[np.uint8]
@@ -125,12 +126,12 @@ def test_compositor_marks_last_and_demo_avatars_cannot_go_unmarked(frames: list[
     assert wm.read_frame(out).digest == 7
     assert not wm.read_frame(Compositor(ComposeConfig(), 256)(image, mask)).found
     own = {"subject": "me", "consent": "mine", "source_sha256": "x", "preset": "tiny", "steps": 1}
-    assert wm.maybe_watermark(own, enabled=False) is None
-    assert wm.maybe_watermark(own, enabled=False, required=True) is not None  # forced, like the badge
+    assert maybe_watermark(own, enabled=False) is None
+    assert maybe_watermark(own, enabled=False, required=True) is not None  # forced, like the badge
     demo = json.loads(read_header(DEMO)["identity"])
-    assert wm.maybe_watermark(demo, enabled=False) is not None
-    with pytest.raises(wm.WatermarkRequired):
-        wm.refuse_unmarked(demo)
+    assert maybe_watermark(demo, enabled=False) is not None
+    with pytest.raises(WatermarkRequired):
+        refuse_unmarked(demo)
 
 
 def test_no_watermark_is_refused_for_the_demo_avatar(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ from models.engines import Engine, create_engine
 from models.evaluation.metrics import Metric, MetricWeights, create_metric
 from models.evaluation.metrics.csim import CSIM, face_boxes
 from models.evaluation.report import ReportWriter, error_map
+from tracking.neutral import driver_neutral
 from tracking.tracker import FaceTrack, FaceTracker
 
 U8 = npt.NDArray[np.uint8]
@@ -447,29 +448,6 @@ def _avatar_identity(csim: CSIM, avatar: Avatar, engine: Engine) -> torch.Tensor
     out = engine(conditioning.uv_u16()[None], conditioning.shaded_u8()[None])
     embedding = csim.embed(_tensor(out.image), torch.from_numpy(face_boxes(landmarks[None])))[0]
     return embedding / embedding.norm()
-
-
-def driver_neutral(driver: Path, seconds: float, frame: int | None) -> tuple[F32, npt.NDArray[np.float64], int]:
-    """The driver's neutral (blendshapes, pose vector, frame): the given frame, or the frame with
-    the least expression among the first `seconds`."""
-    from tracking.tracker import FaceTracker
-    from tracking.video import probe, read_frames
-
-    fps = probe(driver).fps
-    last = frame if frame is not None else max(round(seconds * fps), 1) - 1
-    best: tuple[float, F32, npt.NDArray[np.float64], int] | None = None
-    with FaceTracker() as tracker:
-        for index, t, rgb in read_frames(driver, last + 1):
-            track = tracker(rgb, round(t * 1000))
-            if track is None or (frame is not None and index != frame):
-                continue
-            expression = float(track.blendshapes[1:].sum())
-            if best is None or expression < best[0]:
-                best = (expression, track.blendshapes, track.pose.as_vector(), index)
-    if best is None:
-        where = f"frame {frame}" if frame is not None else f"the first {seconds:g} s"
-        raise EvaluateError(f"{driver}: no face in {where}; pass --calibrate-frame N with a frame that shows the face")
-    return best[1], best[2], best[3]
 
 
 class RecordingTracker(FaceTracker):

@@ -1,0 +1,338 @@
+"""`avatarcam serve`: the HTTP face of the service — page, dashboard, signaling, control, metrics.
+
+aiohttp on one port: `/` page, `/dashboard`, `/static/*` (files of `web/`), `POST /offer`
+(aiortc's {"sdp", "type"} convention), `/api/info`, `/api/sessions`, `POST /api/control`,
+`/ws` (dashboard feed and control), `/metrics` (Prometheus). `Server` has startup / main loop /
+shutdown; `run(config)` adds signal handling and is all the CLI calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from streamer.serve.config import ServeConfig
+from streamer.serve.security import (
+    OPERATOR_COOKIE,
+    VIEWER_COOKIE,
+    AccessPolicy,
+    Role,
+    local_addresses,
+    loopback_names,
+    self_signed,
+    server_context,
+)
+from streamer.serve.service import OPERATOR_ONLY, RequestError, Service
+
+log = logging.getLogger(__name__)
+
+
+MAX_BODY = 256 * 1024  # bytes; an SDP offer is a few kB
+
+
+FEED_PERIOD = 0.5  # seconds between dashboard snapshots and per-peer stats
+
+
+COOKIE = VIEWER_COOKIE
+
+
+OPERATOR_ROUTES = ("/dashboard", "/api/control")
+
+
+ROLE = web.RequestKey("role", Role)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, message: str, retry_after: int | None = None) -> web.Response:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class Server:
+    """The live service behind HTTP. `startup()` binds and returns the port, `main_loop()` runs
+    until `should_exit` is set, `shutdown()` closes everything within the configured timeout."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config.resolved()
+        assert self.config.operator_token is not None
+        hosts = loopback_names(self.config.host) | {h.lower() for h in self.config.allowed_hosts}
+        self.policy = AccessPolicy(self.config.token, self.config.operator_token, hosts)
+        self.service = Service(self.config)
+        self.should_exit = asyncio.Event()
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._sockets: set[web.WebSocketResponse] = set()
+        self._feed: asyncio.Task[None] | None = None
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    async def startup(self) -> int:
+        await self.service.startup()
+        app = web.Application(middlewares=[self._errors, self._guard], client_max_size=MAX_BODY)
+        web_root = self.config.web_root
+        app.add_routes(
+            [
+                web.get("/", self._page("index.html")),
+                web.get("/dashboard", self._page("dashboard.html")),
+                web.post("/offer", self._offer),
+                web.get("/api/info", self._info),
+                web.get("/api/sessions", self._sessions),
+                web.post("/api/control", self._control),
+                web.get("/ws", self._ws),
+                web.get("/metrics", self._metrics),
+                web.get("/healthz", self._health),
+            ]
+        )
+        if web_root.is_dir():
+            app.router.add_static("/static", web_root)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self._tls())
+        await site.start()
+        server = site._server
+        assert server is not None
+        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._feed = asyncio.get_running_loop().create_task(self._push_feed(), name="feed")
+        return self.port
+
+    def _tls(self) -> Any:
+        config = self.config
+        if config.tls_cert is not None and config.tls_key is not None:
+            return server_context(config.tls_cert, config.tls_key)
+        if config.tls_self_signed:
+            names = loopback_names(config.host) | set(config.allowed_hosts) | {"127.0.0.1", "localhost"}
+            if config.host in ("0.0.0.0", "::", ""):  # every address of this machine
+                names |= set(local_addresses())
+            names -= {"0.0.0.0", "::", ""}
+            cert, key = self_signed(sorted(names))
+            log.info("TLS: self-signed certificate %s (names: %s)", cert, ", ".join(names))
+            return server_context(cert, key)
+        return None
+
+    @property
+    def origin(self) -> str:
+        host = f"[{self.config.host}]" if ":" in self.config.host else self.config.host
+        return f"{'https' if self.config.tls else 'http'}://{host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        query = f"?token={self.config.token}" if self.config.token else ""
+        return f"{self.origin}/{query}"
+
+    @property
+    def operator_url(self) -> str:
+        """The dashboard with the operator credential."""
+        return f"{self.origin}/dashboard?token={self.config.operator_token}"
+
+    async def main_loop(self) -> None:
+        """Run until asked to exit, or until a non-looping shared source ends."""
+        shared_done = asyncio.Event()
+        if self.service.shared is not None:
+            self.service.shared.on_end = lambda _session: shared_done.set()
+        stop = asyncio.ensure_future(self.should_exit.wait())
+        ended = asyncio.ensure_future(shared_done.wait())
+        await asyncio.wait([stop, ended], return_when=asyncio.FIRST_COMPLETED)
+        for task in (stop, ended):
+            task.cancel()
+        if shared_done.is_set():
+            log.info("the source ended; stopping")
+
+    async def shutdown(self) -> None:
+        """Close peers, sessions, sockets and the listener; cancel what outlasts the timeout."""
+        if self._feed is not None:
+            self._feed.cancel()
+            await asyncio.gather(self._feed, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self._close_all(), self.config.shutdown_timeout)
+        except TimeoutError:
+            log.warning("shutdown took longer than %.1f s; cancelling the rest", self.config.shutdown_timeout)
+
+    async def _close_all(self) -> None:
+        for ws in list(self._sockets):
+            await ws.close()
+        await self.service.shutdown()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _push_feed(self) -> None:
+        while True:
+            await asyncio.sleep(FEED_PERIOD)
+            self.service.push_stats()
+            snapshot = self.service.snapshot()
+            self.service.record(snapshot)  # kept whether or not a dashboard is open
+            if self._sockets:
+                message = json.dumps(snapshot)
+                for ws in list(self._sockets):
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await ws.send_str(message)
+
+    # ---- middlewares: errors, token, origin -----------------------------------------------------
+
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
+            return _error(exc.status, str(exc), exc.retry_after)
+        except web.HTTPRequestEntityTooLarge:
+            log.warning("%s %s: body over %d bytes", request.method, request.path, MAX_BODY)
+            return _error(413, f"request body over {MAX_BODY} bytes")
+        except web.HTTPException as exc:
+            if exc.status >= 400:
+                return _error(exc.status, exc.reason)
+            raise
+
+    def _role(self, request: web.Request) -> Role:
+        auth = request.headers.get("Authorization", "")
+        given = [
+            request.query.get("token", ""),
+            auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else "",
+            request.cookies.get(COOKIE, ""),
+            request.cookies.get(OPERATOR_COOKIE, ""),
+        ]
+        return self.policy.role(given)
+
+    def _origin_ok(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if origin is None:  # not a browser, or a same-origin GET: the token is the guard
+            return True
+        if origin in self.config.allowed_origins:
+            return True
+        return urlsplit(origin).netloc == request.host
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        # Without a token, a DNS-rebinding page reaches the port under its own host name: the
+        # Host header is the only thing that tells it apart, so it is checked on every route.
+        if not self.policy.host_ok(request.headers.get("Host")):
+            log.warning("refused %s %s for Host %r", request.method, request.path, request.headers.get("Host"))
+            return _error(403, "host not allowed: open 127.0.0.1 or localhost, or start avatarcam with --allowed-host")
+        if request.path == "/healthz":
+            return await handler(request)
+        role = self._role(request)
+        if role is Role.NONE:
+            return _error(401, "missing or wrong access token: open the URL avatarcam serve printed")
+        if (request.method != "GET" or request.path == "/ws") and not self._origin_ok(request):
+            log.warning("refused %s %s from origin %s", request.method, request.path, request.headers["Origin"])
+            return _error(403, "origin not allowed")
+        if request.path in OPERATOR_ROUTES and role is not Role.OPERATOR:
+            return _error(403, OPERATOR_ONLY)
+        request[ROLE] = role
+        response = await handler(request)
+        given = request.query.get("token")
+        if given and role is Role.OPERATOR:
+            response.set_cookie(OPERATOR_COOKIE, given, httponly=True, samesite="Strict", secure=self.config.tls)
+        elif given and self.config.token:
+            response.set_cookie(COOKIE, self.config.token, httponly=True, samesite="Strict", secure=self.config.tls)
+        return response
+
+    # ---- routes --------------------------------------------------------------------------------
+
+    def _page(self, name: str) -> Handler:
+        async def page(request: web.Request) -> web.StreamResponse:
+            path = self.config.web_root / name
+            if not path.is_file():
+                return _error(404, f"{name} is missing from {self.config.web_root}")
+            return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
+
+        return page
+
+    async def _json(self, request: web.Request) -> Any:
+        try:
+            return await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise RequestError(400, "the body is not valid JSON") from None
+
+    async def _offer(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        operator = request.get(ROLE) is Role.OPERATOR
+        answer = await self.service.offer(body, request.remote or "unknown", operator=operator)
+        return web.json_response(answer)
+
+    async def _info(self, request: web.Request) -> web.Response:
+        role = request.get(ROLE, Role.VIEWER)
+        return web.json_response({**self.service.info(), "role": role.name.lower()})
+
+    async def _sessions(self, request: web.Request) -> web.Response:
+        return web.json_response({"sessions": [s.snapshot() for s in self.service.sessions()]})
+
+    async def _control(self, request: web.Request) -> web.Response:
+        body = await self._json(request)
+        if not isinstance(body, dict):
+            raise RequestError(400, 'expected JSON {"action": ..., "session"?: ..., "value"?: ...}')
+        return web.json_response(await self.service.control(body.get("action"), body.get("session"), body.get("value")))
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.service.metrics.exposition(), content_type="text/plain", charset="utf-8")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "sessions": len(self.service.sessions())})
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(heartbeat=10, max_msg_size=64 * 1024)
+        operator = request.get(ROLE) is Role.OPERATOR
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        await ws.send_str(json.dumps(self.service.first_snapshot()))
+        try:
+            async for message in ws:
+                if message.type != WSMsgType.TEXT:
+                    continue
+                try:
+                    data = json.loads(message.data)
+                    if not isinstance(data, dict) or data.get("type") != "control":
+                        raise RequestError(400, 'send {"type": "control", "action": ...}')
+                    if not operator:
+                        raise RequestError(403, OPERATOR_ONLY)
+                    reply = await self.service.control(data.get("action"), data.get("session"), data.get("value"))
+                    reply = {"type": "control", **reply}
+                except (ValueError, RecursionError, RequestError) as exc:
+                    reply = {"type": "error", "error": str(exc)}
+                await ws.send_str(json.dumps(reply))
+        finally:
+            self._sockets.discard(ws)
+        return ws
+
+
+async def serve(config: ServeConfig) -> None:
+    """Start, announce, run until SIGINT/SIGTERM (or the source ends), shut down."""
+    server = Server(config)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):  # Windows
+            loop.add_signal_handler(sig, server.should_exit.set)
+    try:
+        await server.startup()
+        print(f"avatarcam: serving on {server.url}", flush=True)
+        print(f"avatarcam: operator dashboard on {server.operator_url}", flush=True)
+        if server.config.token and config.token is None:
+            print("avatarcam: bound beyond localhost; the token above is required", file=sys.stderr, flush=True)
+        await server.main_loop()
+    finally:
+        await server.shutdown()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.remove_signal_handler(sig)
+
+
+def run(config: ServeConfig) -> None:
+    """The CLI's entry point: uvloop when installed, then `serve`."""
+    try:
+        import uvloop
+
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    runner(serve(config))

@@ -1,0 +1,533 @@
+"""The live service's state: avatars, sessions, WebRTC peers and control actions.
+
+HTTP lives in `streamer.server`; this module knows nothing about requests, so the same
+operations serve the HTTP API, the websocket and the data channels.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import time
+from collections import deque
+from dataclasses import replace
+from typing import Any
+
+import psutil
+from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole
+
+from streamer.core.clock import Clock, MonotonicClock
+from streamer.core.frames import Background
+from streamer.core.metrics import Metrics
+from streamer.core.rtc import CODECS, ice_configuration, prefer_codec, set_bitrate, tolerate_closed_connects
+from streamer.pipeline.engine_pool import EnginePool
+from streamer.pipeline.session import AvatarEntry, AvatarSession, SessionConfig
+from streamer.provenance.identity import is_demo_identity
+from streamer.serve.capacity import Capacity, time_encoder
+from streamer.serve.config import ServeConfig
+from streamer.serve.peers import Peer, close_connection
+from streamer.sinks import SINKS, open_sink
+from streamer.sinks.base import Sink, SinkContext, SinkError
+from streamer.sinks.webrtc import AvatarTrack
+from streamer.sources import open_source
+from streamer.sources.base import SourceContext
+from streamer.sources.track import TrackSource
+
+log = logging.getLogger(__name__)
+
+
+class RequestError(Exception):
+    """A client request the service refuses; `status` is the HTTP status to answer with,
+    `retry_after` (seconds) goes into a Retry-After header."""
+
+    def __init__(self, status: int, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+
+
+HISTORY_SECONDS = 300.0  # how much of the dashboard's latency and load history the service keeps
+
+
+OPERATOR_ONLY = "this needs the operator credential: open the dashboard URL avatarcam serve printed"
+
+
+class Service:
+    """Avatars, the shared session (camera or file source), per-peer sessions and peers."""
+
+    def __init__(self, config: ServeConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or MonotonicClock()
+        self.metrics = Metrics()
+        self.avatars: dict[str, AvatarEntry] = {}
+        self.shared: AvatarSession | None = None
+        self.peers: dict[str, Peer] = {}
+        self.started = time.monotonic()
+        self._offers: dict[str, list[float]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.engines = EnginePool()
+        self.capacity = Capacity(
+            config.cpu_budget or float(_usable_cores()), config.fps or 30.0, gpu=config.device.startswith("cuda")
+        )
+        self.history: deque[dict[str, Any]] = deque()
+        self._process = psutil.Process()
+        self._process.cpu_percent()  # the first call only sets the baseline
+
+    @property
+    def default_avatar(self) -> AvatarEntry:
+        return next(iter(self.avatars.values()))
+
+    def session_config(self, *, stamp: bool = False, background: Background | None = None) -> SessionConfig:
+        compose = self.config.compose
+        if background is not None:
+            compose = replace(compose, background=background)
+        return SessionConfig(
+            self.config.backend,
+            self.config.device,
+            compose,
+            stamp=stamp,
+            idle_fps=self.config.fps or 30.0,
+            engines=self.engines,
+        )
+
+    def _open_sinks(self) -> list[Sink]:
+        """The shared stream's sinks (`--sink`), opened before the avatars load: a virtual camera
+        publishes its starting card at once, so a meeting app sees a live device from the first
+        second. Per-peer kinds (webrtc) are made per peer, not here."""
+        config = self.config
+        context = SinkContext(
+            self.clock,
+            config.fps or 30.0,
+            config.framing,
+            config.virtualcam_backend,
+            identity=lambda: self.default_avatar.avatar.identity,  # a recording's credentials name it
+        )
+        sinks: list[Sink] = []
+        for spec in config.sinks:
+            row = SINKS[spec.kind]
+            if row.shared and config.source.kind == "webrtc":
+                raise SinkError(f"sink {spec} needs a shared source (camera:N or file:PATH), not webrtc")
+            if row.open is None or config.source.kind == "webrtc":
+                continue
+            try:
+                sinks.append(open_sink(spec, context))
+            except SinkError as exc:
+                if not (spec.kind == "virtualcam" and config.virtualcam_optional):
+                    raise
+                log.warning("no virtual camera: %s", exc)
+        return sinks
+
+    async def startup(self) -> None:
+        """Open the shared stream's sinks (a virtual camera shows its starting card), load the
+        avatars and, for a camera or file source, start the shared session."""
+        tolerate_closed_connects(asyncio.get_running_loop())
+        set_bitrate(self.config.bitrate)
+        sinks = self._open_sinks()
+        try:
+            await self._load(sinks)
+        except BaseException:
+            for sink in sinks:
+                await sink.close()
+            raise
+
+    async def _load(self, sinks: list[Sink]) -> None:
+        for path in self.config.avatars:
+            entry = await asyncio.to_thread(
+                AvatarEntry.load, path, badge_required=self.config.badge_required, device=self.config.device
+            )
+            self.avatars[entry.name] = entry
+            log.info("avatar %s: %s (%d px)", entry.name, entry.avatar.identity.subject, entry.resolution)
+        if self.config.admission == "capacity":
+            resolution = self.default_avatar.resolution
+            self.capacity.encode_s = await asyncio.to_thread(time_encoder, self.config.codec, resolution)
+            log.info(
+                "capacity: %.1f cores at %g fps; a %s encoder takes %.1f ms per %d px frame",
+                self.capacity.cores,
+                self.capacity.fps,
+                self.config.codec,
+                self.capacity.encode_s * 1000,
+                resolution,
+            )
+        if self.config.source.kind == "webrtc":
+            return
+        context = SourceContext(self.clock, loop=self.config.loop, fps=self.config.source_fps)
+        source = open_source(self.config.source, context)
+        shared = AvatarSession("main", self.default_avatar, source, self.session_config(), self.clock, self.metrics)
+        for sink in sinks:
+            shared.add_sink(sink)
+        await shared.start()
+        self.shared = shared
+        self.metrics.sessions.set(1)
+
+    # ---- sessions ------------------------------------------------------------------------------
+
+    def sessions(self) -> list[AvatarSession]:
+        own = [p.session for p in self.peers.values() if p.session is not None]
+        return ([self.shared] if self.shared is not None else []) + own
+
+    def find(self, session_id: str | None) -> list[AvatarSession]:
+        """The session with this id, or all sessions for None."""
+        sessions = self.sessions()
+        if session_id is None:
+            return sessions
+        found = [s for s in sessions if s.id == session_id]
+        if not found:
+            raise RequestError(404, f"no session {session_id!r}")
+        return found
+
+    async def control(self, action: Any, session_id: Any = None, value: Any = None) -> dict[str, Any]:
+        """Apply a control action: calibrate, pause, resume, background VALUE, avatar NAME.
+        Callers check the role: the operator, or a peer acting on its own session."""
+        if session_id is not None and not isinstance(session_id, str):
+            raise RequestError(400, "session must be a string")
+        if not isinstance(action, str) or not (value is None or isinstance(value, str)):
+            raise RequestError(400, "action and value must be strings")
+        targets = self.find(session_id)
+        if action == "calibrate":
+            done = [await s.calibrate() for s in targets]
+            return {"ok": True, "calibrated": sum(done)}
+        if action == "pause":
+            for s in targets:
+                s.pause()
+        elif action == "resume":
+            for s in targets:
+                s.resume()
+        elif action == "background":
+            try:
+                mode = Background(value or "")
+            except ValueError:
+                raise RequestError(400, f"background must be one of {[b.value for b in Background]}") from None
+            try:
+                for s in targets:
+                    await s.set_background(mode)
+            except ValueError as exc:
+                raise RequestError(400, str(exc)) from None
+        elif action == "avatar":
+            if value not in self.avatars:
+                raise RequestError(400, f"unknown avatar {value!r}; loaded: {sorted(self.avatars)}")
+            try:
+                for s in targets:
+                    await s.set_avatar(self.avatars[value])
+            except ValueError as exc:
+                raise RequestError(400, str(exc)) from None
+        else:
+            raise RequestError(400, "action must be calibrate, pause, resume, background or avatar")
+        return {"ok": True}
+
+    # ---- WebRTC --------------------------------------------------------------------------------
+
+    def _admit(self, client: str) -> None:
+        now = time.monotonic()
+        for address in [a for a, times in self._offers.items() if not times or now - times[-1] >= 60]:
+            del self._offers[address]  # forget quiet clients: the table stays small
+        recent = [t for t in self._offers.get(client, []) if now - t < 60]
+        if len(recent) >= self.config.offers_per_minute:
+            raise RequestError(429, f"too many offers from {client}; wait a minute", retry_after=60)
+        self._offers[client] = [*recent, now]
+        if len(self.peers) >= self.config.max_sessions:
+            raise RequestError(
+                503, f"server busy: {len(self.peers)} sessions (the limit); try again later", retry_after=5
+            )
+        own = sum(1 for p in self.peers.values() if p.client == client)
+        if own >= self.config.max_per_client:
+            raise RequestError(
+                503, f"server busy: {client} already holds {own} sessions (the limit per client)", retry_after=5
+            )
+        if self.config.admission == "capacity":
+            pipelines = len(self.sessions()) + sum(
+                1 for p in self.peers.values() if p.session is None and self.config.source.kind == "webrtc"
+            )
+            verdict = self.capacity.admit(pipelines, len(self.peers), new_pipeline=self.config.source.kind == "webrtc")
+            if not verdict.admit:
+                log.info("refused a session from %s: %s", client, verdict.reason)
+                raise RequestError(
+                    503, f"server busy, try later: at capacity ({verdict.reason})", retry_after=verdict.retry_after
+                )
+
+    async def offer(self, body: Any, client: str, *, operator: bool = False) -> dict[str, Any]:
+        """Answer a browser's (or any client's) SDP offer and start streaming the avatar to it.
+        `operator`: the request carried the operator credential (its data channel may then
+        control a shared session)."""
+        if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
+            raise RequestError(400, 'expected JSON {"sdp": "...", "type": "offer"}')
+        options = body.get("options") or {}
+        if not isinstance(options, dict):
+            raise RequestError(400, "options must be an object")
+        codec = options.get("codec", self.config.codec)
+        if not isinstance(codec, str) or codec not in CODECS:
+            raise RequestError(400, f"codec must be one of {sorted(CODECS)}")
+        background = options.get("background")
+        if background is not None and (
+            not isinstance(background, str) or background not in {b.value for b in Background}
+        ):
+            raise RequestError(400, f"background must be one of {[b.value for b in Background]}")
+        stamp = bool(options.get("stamp", False))
+        await self._replace(options.get("replaces"), client)
+        self._admit(client)
+
+        config = self.config
+        pc = RTCPeerConnection(ice_configuration(config.ice_servers, config.ice_username, config.ice_credential))
+        peer = Peer(f"peer-{secrets.token_hex(4)}", pc, AvatarTrack(self.clock), client=client, operator=operator)
+        self.peers[peer.id] = peer
+        try:
+            await self._negotiate(peer, body["sdp"], codec, stamp, background)
+        except Exception as exc:
+            await self.close_peer(peer.id)
+            if isinstance(exc, RequestError):
+                raise
+            log.warning("offer from %s rejected: %s", client, exc)
+            raise RequestError(400, f"cannot use this offer: {exc}") from None
+        if peer.id in self.peers and not peer.connected:
+            peer.watchdog = asyncio.get_running_loop().create_task(self._connect_or_close(peer), name=f"{peer.id}-wd")
+        log.info("peer %s answered, from %s (codec %s)", peer.id, client, codec)
+        session = peer.session or self.shared
+        return {
+            "sdp": pc.localDescription.sdp,
+            "type": pc.localDescription.type,
+            "session": session.id if session is not None else peer.id,
+            "peer": peer.id,
+        }
+
+    async def _replace(self, replaces: Any, client: str) -> None:
+        """A reconnecting client names the peer it had (`options.replaces`, the id an earlier
+        answer gave): that peer is closed before admission, so a link that died on the client's
+        side (a network drop) does not hold its slot until ICE gives up on it. Only a peer of the
+        same client address is closed; an unknown id is ignored."""
+        if replaces is None:
+            return
+        if not isinstance(replaces, str):
+            raise RequestError(400, "options.replaces must be the peer id an earlier answer gave")
+        old = self.peers.get(replaces)
+        if old is not None and old.client == client:
+            log.info("peer %s from %s is replaced by its reconnecting client", old.id, client)
+            await self.close_peer(old.id)
+
+    async def _negotiate(self, peer: Peer, sdp: str, codec: str, stamp: bool, background: str | None) -> None:
+        pc = peer.pc
+
+        @pc.on("datachannel")
+        def on_datachannel(channel: Any) -> None:
+            peer.channel = channel
+
+            @channel.on("message")
+            async def on_message(message: Any) -> None:
+                await self._on_peer_message(peer, message)
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if pc.connectionState == "connected":
+                peer.connected = True
+            if pc.connectionState in ("failed", "closed"):
+                await self.close_peer(peer.id)
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind != "video" or self.config.source.kind != "webrtc":
+                peer.blackhole = peer.blackhole or MediaBlackhole()
+                peer.blackhole.addTrack(track)
+                return
+            source = TrackSource(track, self.clock, read_stamps=stamp, name=f"webrtc:{peer.id}")
+            config = self.session_config(stamp=stamp, background=Background(background) if background else None)
+            session = AvatarSession(
+                peer.id, self.default_avatar, source, config, self.clock, self.metrics, on_end=self._peer_session_ended
+            )
+            session.add_sink(peer.track)
+            peer.session = session
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if self.config.source.kind == "webrtc" and peer.session is None:
+            raise RequestError(400, "this server drives avatars from browser cameras: the offer must send video")
+        video = [t for t in pc.getTransceivers() if t.kind == "video"]
+        if not video:
+            raise RequestError(400, "the offer has no video section: add a video transceiver (recvonly is fine)")
+        pc.addTrack(peer.track)
+        for transceiver in video:
+            prefer_codec(transceiver, codec)
+        await pc.setLocalDescription(await pc.createAnswer())
+        if peer.blackhole is not None:
+            await peer.blackhole.start()
+        if peer.session is not None:
+            await peer.session.start()
+        elif self.shared is not None:
+            self.shared.add_sink(peer.track)
+        self.metrics.sessions.set(len(self.sessions()))
+
+    async def _connect_or_close(self, peer: Peer) -> None:
+        """Close a peer that has not connected `connect_timeout` seconds after its answer: a
+        client that never completes ICE must not hold a session slot."""
+        await asyncio.sleep(self.config.connect_timeout)
+        if not peer.connected and peer.id in self.peers:
+            timeout = self.config.connect_timeout
+            log.info("peer %s from %s did not connect within %.0f s; closed", peer.id, peer.client, timeout)
+            await self.close_peer(peer.id)
+
+    def _peer_session_ended(self, session: AvatarSession) -> None:
+        """A browser's session ended on its own (its camera track stopped, or frames kept failing)."""
+        task = asyncio.get_running_loop().create_task(self.close_peer(session.id))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _on_peer_message(self, peer: Peer, message: Any) -> None:
+        try:
+            data = json.loads(message)
+            kind = data.get("type")
+        except (ValueError, AttributeError, TypeError):
+            log.warning("peer %s sent a malformed message", peer.id)
+            return
+        session = peer.session or self.shared
+        if kind == "glass" and session is not None and isinstance(data.get("ms"), int | float):
+            if 0 < data["ms"] < 60_000:
+                session.stats.glass_to_glass(data["ms"] / 1000)
+        elif kind == "control" and session is not None:
+            try:
+                if peer.session is None and not peer.operator:  # the shared session is everyone's
+                    raise RequestError(403, OPERATOR_ONLY)
+                await self.control(data.get("action"), session.id, data.get("value"))
+            except RequestError as exc:
+                self._send(peer, {"type": "error", "error": str(exc)})
+
+    def _send(self, peer: Peer, data: dict[str, Any]) -> None:
+        if peer.channel is not None and peer.channel.readyState == "open":
+            peer.channel.send(json.dumps(data))
+
+    def push_stats(self) -> None:
+        """Tell each peer how its session is doing (over its data channel); update the capacity
+        estimate from the sessions' measured stage costs."""
+        self.capacity.observe(s.stats.snapshot() for s in self.sessions())
+        for peer in list(self.peers.values()):
+            session = peer.session or self.shared
+            if session is None:
+                continue
+            snap = session.stats.snapshot()
+            e2e = snap["e2e_ms"]
+            self._send(
+                peer,
+                {
+                    "type": "stats",
+                    "session": session.id,
+                    "face_found": snap["face_found"],
+                    "fps": snap["fps"],
+                    "e2e_ms": e2e["p50"] if e2e else None,
+                    "dropped": snap["dropped"],
+                    "state": str(session.state),
+                },
+            )
+
+    async def close_peer(self, peer_id: str) -> None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        if peer.watchdog is not None and peer.watchdog is not asyncio.current_task():
+            peer.watchdog.cancel()
+        if self.shared is not None:
+            self.shared.remove_sink(peer.track)
+        await peer.track.close()
+        if peer.session is not None:
+            await peer.session.stop()
+        if peer.blackhole is not None:
+            await peer.blackhole.stop()
+        await close_connection(peer.pc)
+        self.metrics.sessions.set(len(self.sessions()))
+        log.info("peer %s closed", peer_id)
+
+    # ---- reporting and shutdown ----------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, Any]:
+        """The dashboard's view of everything (sent over /ws)."""
+        sessions = [s.snapshot() for s in self.sessions()]
+        return {
+            "type": "snapshot",
+            "time": time.time(),
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "system": {
+                "cpu_percent": self._process.cpu_percent(),
+                "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
+                "gpu": _gpu_load(self.config.device),
+            },
+            "totals": {
+                "frames": sum(s["frames"] for s in sessions),
+                "dropped": sum(s["dropped"] for s in sessions),
+                "sessions": len(sessions),
+            },
+            "sessions": sessions,
+        }
+
+    def record(self, snapshot: dict[str, Any]) -> None:
+        """Keep the compact part of a snapshot (latency, rate, stage costs, load) for
+        HISTORY_SECONDS, so a dashboard opened later starts with what happened."""
+        sample = {
+            "time": snapshot["time"],
+            "system": {"cpu_percent": snapshot["system"]["cpu_percent"], "gpu": snapshot["system"]["gpu"]},
+            "sessions": [
+                {
+                    "id": s["id"],
+                    "fps": s.get("fps"),
+                    "e2e_ms": s.get("e2e_ms"),
+                    "glass_ms": s.get("glass_ms"),
+                    "stages_ms": s.get("stages_ms"),
+                }
+                for s in snapshot["sessions"]
+            ],
+        }
+        self.history.append(sample)
+        while self.history and self.history[0]["time"] < sample["time"] - HISTORY_SECONDS:
+            self.history.popleft()
+
+    def first_snapshot(self) -> dict[str, Any]:
+        """A dashboard's first message over /ws: a snapshot carrying the kept history (oldest
+        first), so its charts start with the last HISTORY_SECONDS instead of empty."""
+        return {**self.snapshot(), "history": list(self.history), "history_seconds": HISTORY_SECONDS}
+
+    def info(self) -> dict[str, Any]:
+        entry = self.default_avatar
+        return {
+            "source": str(self.config.source),
+            "avatar": entry.name,
+            "avatars": sorted(self.avatars),
+            "subject": entry.avatar.identity.subject,
+            "resolution": entry.resolution,
+            "token_required": self.config.token is not None,
+            "watermark": (
+                self.config.compose.watermark or self.config.badge_required or is_demo_identity(entry.avatar.identity)
+            ),
+            "admission": self.config.admission,
+            "capacity": self.capacity.info(len(self.sessions()), len(self.peers)),
+            "engines": self.engines.users(),
+        }
+
+    async def shutdown(self) -> None:
+        for peer_id in list(self.peers):
+            await self.close_peer(peer_id)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        if self.shared is not None:
+            await self.shared.stop()
+            self.shared = None
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _gpu_load(device: str) -> dict[str, Any] | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    index = torch.device(device).index or 0
+    try:
+        util: float | None = float(torch.cuda.utilization(index))
+    except Exception:  # needs pynvml; memory is still known
+        util = None
+    return {
+        "name": torch.cuda.get_device_name(index),
+        "util_percent": util,
+        "mem_mb": round(torch.cuda.memory_allocated(index) / 2**20, 1),
+    }

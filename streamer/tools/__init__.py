@@ -1,0 +1,1 @@
+"""Offline tools beside the live service: bench, reenact and devices."""
