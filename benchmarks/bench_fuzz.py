@@ -22,8 +22,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streamer.provenance.identity import DEMO_AVATAR, DEMO_CLIP  # noqa: E402
 from streamer.serve.config import ServeConfig  # noqa: E402
-from streamer.serve.demo import DEMO_AVATAR, DEMO_CLIP  # noqa: E402
 from streamer.serve.http import Server  # noqa: E402
 from streamer.sinks.base import SinkSpec  # noqa: E402
 from streamer.sources.base import SourceSpec  # noqa: E402

@@ -30,15 +30,10 @@ if not (ROOT / "tests").is_dir():
     ROOT = Path.cwd()
 sys.path.insert(0, str(ROOT))
 
+from streamer.core.figures import percentiles  # noqa: E402
 from tests.browser import Browser, LiveService, fake_camera, wait_until  # noqa: E402
 
 DRIVER = ROOT.parent / "shared" / "data" / "512" / "drv_lp_d10_512.mp4"
-
-
-def _percentiles(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=np.float64)
-    p50, p90, p99 = np.percentile(a, [50, 90, 99])
-    return {"samples": int(a.size), "p50": round(p50, 1), "p90": round(p90, 1), "p99": round(p99, 1)}
 
 
 def _connect(url: str, camera: Path, seconds: float, codec: str, report: Path) -> dict[str, object]:
@@ -105,7 +100,10 @@ def main() -> int:
                 "command": " ".join(["benchmarks/bench_glass.py", *sys.argv[1:]]),
                 "service": live.api("/api/info"),
                 "video": page.text("video-info"),
-                "glass_ms": {**_percentiles(glass), "from": page.js("return window.avatarcam.camera.clockFrom")},
+                "glass_ms": {
+                    **(percentiles(glass, (50, 90, 99), scale=1, digits=1, samples=True) or {}),
+                    "from": page.js("return window.avatarcam.camera.clockFrom"),
+                },
                 "page_received_fps_median": round(float(np.median(fps)), 1) if fps else None,
                 "page_rtt_ms_median": round(float(np.median(rtt)), 1) if rtt else None,
                 "server": {k: server[k] for k in ("fps", "frames", "dropped", "stages_ms", "e2e_ms", "glass_ms")},

@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 import torch
 
+from streamer.core.figures import percentiles
 from tracking.crop import Crop
 from tracking.expression import ExpressionModel
 from tracking.live import LiveDriver
@@ -36,11 +37,6 @@ def camera_frames(path: Path, count: int) -> list[np.ndarray]:
         canvas[:, 80:560] = cv2.resize(rgb, (480, 480), interpolation=cv2.INTER_AREA)
         out.append(canvas)
     return out
-
-
-def percentiles(samples: list[float]) -> dict[str, float]:
-    ms = np.array(samples) * 1000
-    return {"p50": round(float(np.percentile(ms, 50)), 2), "p99": round(float(np.percentile(ms, 99)), 2)}
 
 
 def main() -> None:

@@ -31,8 +31,8 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSes
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from streamer.provenance.identity import DEMO_AVATAR  # noqa: E402
 from streamer.serve.config import ServeConfig  # noqa: E402
-from streamer.serve.demo import DEMO_AVATAR  # noqa: E402
 from streamer.serve.http import Server  # noqa: E402
 from streamer.sources.base import SourceSpec  # noqa: E402
 from tracking.video import read_frames  # noqa: E402

@@ -31,8 +31,9 @@ import cv2
 import numpy as np
 import pyvirtualcam
 
+from streamer.core.figures import percentiles
+from streamer.provenance.identity import DEMO_AVATAR, DEMO_CLIP
 from streamer.serve.config import ServeConfig
-from streamer.serve.demo import DEMO_AVATAR, DEMO_CLIP
 from streamer.serve.service import Service
 from streamer.sinks.base import SinkSpec
 from streamer.sinks.virtualcam import VirtualCamSink
@@ -69,11 +70,6 @@ class Capture:
 
     def close(self) -> None:
         pass
-
-
-def _stats(values: list[float]) -> dict[str, float]:
-    ms = np.asarray(values) * 1000
-    return {"ms_p50": round(float(np.percentile(ms, 50)), 2), "ms_p99": round(float(np.percentile(ms, 99)), 2)}
 
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -122,7 +118,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "source_fps": args.source_fps,
         "seconds": round(end - start, 2),
         "device_fps": round(len(times) / (end - start), 2),
-        "interval_ms": {**_stats(list(intervals)), "max": round(float(intervals.max()) * 1000, 1)},
+        "interval_ms": {**(percentiles(intervals) or {}), "max": round(float(intervals.max()) * 1000, 1)},
         "new_pictures_per_s": round(new / (end - start), 2),
         "avatar_frames_per_s": round(made / (end - start), 2),
         "pipeline_dropped": dropped,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from streamer.provenance.identity import DEMO_AVATAR
 from streamer.serve.config import ServeConfig
-from streamer.serve.demo import DEMO_AVATAR
 from streamer.serve.service import HISTORY_SECONDS, Service
 from streamer.sources.base import SourceSpec
 

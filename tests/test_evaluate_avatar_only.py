@@ -11,7 +11,7 @@ import pytest
 
 from avatarcam_cli import main
 from models.evaluation.evaluate import EvaluateError, EvaluateOptions
-from streamer.serve.demo import DEMO_AVATAR
+from streamer.provenance.identity import DEMO_AVATAR
 from tests.media import first_frames, one_torch_thread, write_video
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamer.serve.demo import DEMO_AVATAR
+from streamer.provenance.identity import DEMO_AVATAR
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,8 @@ import pyvirtualcam
 
 from streamer.core.frames import Background, Frame, Layers
 from streamer.pipeline.idle import IdleConfig, blink_at
+from streamer.provenance.identity import DEMO_AVATAR
 from streamer.serve.config import ServeConfig
-from streamer.serve.demo import DEMO_AVATAR
 from streamer.serve.service import Service
 from streamer.sinks.base import SinkError, SinkSpec
 from streamer.sinks.virtualcam import VirtualCamSink

@@ -62,8 +62,10 @@ class DriveResult:
     pose: F64
 
 
-def _smoothstep(x: float) -> float:
-    x = min(max(x, 0.0), 1.0)
+def ease_weight(lost_for: float, config: LiveConfig) -> float:
+    """How far a lost face has eased from its held expression to neutral after `lost_for`
+    seconds: 0 while it is held (`hold_seconds`), then a smoothstep up to 1 over `ease_seconds`."""
+    x = min(max((lost_for - config.hold_seconds) / max(config.ease_seconds, 1e-6), 0.0), 1.0)
     return x * x * (3 - 2 * x)
 
 
@@ -109,7 +111,7 @@ class LiveDriver:
         """Expression and pose while the face is missing: hold, then ease to neutral."""
         c = self.config
         lost_for = now - (self._last_seen if self._last_seen is not None else now - c.hold_seconds)
-        alpha = _smoothstep((lost_for - c.hold_seconds) / max(c.ease_seconds, 1e-6))
+        alpha = ease_weight(lost_for, c)
         ref = self.retarget.reference
         blend, pose = self._lost_from
         return (

@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from tracking.crop import Crop
 from tracking.expression import ExpressionModel, Retargeter
-from tracking.live import DriveResult, LiveConfig, LiveDriver
+from tracking.live import DriveResult, LiveConfig, LiveDriver, ease_weight
 from tracking.render import FaceRenderer
 from tracking.tracker import BLENDSHAPE_NAMES, FaceTracker
 
@@ -93,11 +93,6 @@ class _BlinkRetargeter(Retargeter):
         return out
 
 
-def _smoothstep(x: float) -> float:
-    x = min(max(x, 0.0), 1.0)
-    return x * x * (3 - 2 * x)
-
-
 class IdleDriver(LiveDriver):
     """A `LiveDriver` whose face-lost state eases into an idle pose that blinks and breathes.
 
@@ -127,7 +122,7 @@ class IdleDriver(LiveDriver):
         """0 while the last expression is held, rising to 1 as the ease to neutral completes."""
         c = self.config
         lost_for = now - self.last_seen if self.last_seen is not None else c.hold_seconds + c.ease_seconds
-        return _smoothstep((lost_for - c.hold_seconds) / max(c.ease_seconds, 1e-6))
+        return ease_weight(lost_for, c)
 
     def _eased(self, now: float) -> tuple[F32, F64]:
         blend, pose = super()._eased(now)
