@@ -33,17 +33,17 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 # The browser tests drive a Chromium through its chromedriver (Debian's, or the ones CHROMIUM=
-# and CHROMEDRIVER= name), and the TURN test runs Debian's coturn. As root (CI) browser-setup
+# and CHROMEDRIVER= name), the TURN test runs Debian's coturn and the window test Xvfb. As root (CI) browser-setup
 # installs what is missing with apt-get; as anyone else it installs nothing and says so, and
 # those tests skip saying why. Nothing else in setup needs root.
-BROWSER_PACKAGES := chromium chromium-driver coturn
+BROWSER_PACKAGES := chromium chromium-driver coturn xvfb
 export CHROMIUM CHROMEDRIVER
 
 browser-setup:
 	@if { [ -n "$(CHROMIUM)" ] && [ -n "$(CHROMEDRIVER)" ] || \
 	      { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; } && \
-	    command -v turnserver >/dev/null 2>&1; then \
-		echo "browser-setup: browser, driver and turnserver found"; \
+	    command -v turnserver >/dev/null 2>&1 && command -v Xvfb >/dev/null 2>&1; then \
+		echo "browser-setup: browser, driver, turnserver and Xvfb found"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update && apt-get install -y $(BROWSER_PACKAGES); \
 	else \
@@ -67,7 +67,7 @@ docs: setup
 demo: setup
 	$(VENV)/bin/avatarcam demo
 
-# The live pipeline with the shipped demo avatar (README "Run an avatar live": measured latency).
+# The live pipeline with the shipped demo avatar (docs/benchmarks.md: measured latency).
 bench: setup
 	$(VENV)/bin/avatarcam bench assets/demo/cap12.avatar --backend onnx --threads 1 --mode both --peer
 
@@ -77,7 +77,7 @@ bench-prepare: setup
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
-# The GPU check (benchmarks/gpu_check/, README "GPU check"): `make gpu-pack` packs a prepared
+# The GPU check (benchmarks/gpu_check/, docs/gpu-check.md): `make gpu-pack` packs a prepared
 # dataset and the pretrained weights into $(GPU_PACK) (< 64 MiB with the repository);
 # `make gpu-check` runs the check from it and writes $(GPU_OUT)/gpu_check.json. It needs no
 # setup where the pack exists: on a machine without .venv it runs the system python3.

@@ -1,38 +1,92 @@
-"""The `avatarcam` command: a thin layer that parses options and calls each stage's `run`."""
+"""The `avatarcam` command: a thin layer that parses options and calls each stage's `run`.
+
+Each command's options fill its frozen config dataclass by field name (`_options`); `--config
+FILE` reads the same options from a TOML file, `--dry-run` prints the resolved config as JSON."""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
+import os
+import re
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import fields, is_dataclass, replace
+from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from streamer.serve.config import ServeConfig
     from streamer.stages.framing import FramingConfig
 
+    T = TypeVar("T", bound=DataclassInstance)
 
+SECRETS = ("token", "operator_token", "ice_credential")
+CONFIG_HELP = (
+    "read options from this TOML file; its keys are this command's long options and positionals "
+    '(port = 8090, camera-size = "1280x720", sink = ["virtualcam", "file:out.mp4"], loop = true); '
+    "options on the command line win; paths are relative to the working directory"
+)
+
+
+class OptionsError(ValueError):
+    """Options that cannot be read (a config file, a secret file); the message says where."""
+
+
+# ---- options -> config dataclasses --------------------------------------------------------------
+
+
+def _options(cls: type[T], args: argparse.Namespace, **given: Any) -> T:
+    """`cls` built from the options: each field from the option of the same name, `given` for the
+    few whose option is named, inverted or parsed differently, the rest left at their defaults."""
+    return cls(**_option_fields(cls, args, given))
+
+
+def _option_fields(cls: type[DataclassInstance], args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
+    values = {f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)} | given
+    return {name: tuple(v) if isinstance(v, list) else v for name, v in values.items()}
+
+
+def _dry_run(args: argparse.Namespace, config: object = None) -> bool:
+    """With --dry-run, print the resolved config as JSON (secrets masked; without a config, the
+    options) and say so."""
+    if args.dry_run:
+        internal = {"command", "handler", "config", "dry_run", *(f"{name}_file" for name in SECRETS)}
+        options = {k: v for k, v in vars(args).items() if k not in internal}
+        print(json.dumps(_plain(options if config is None else config), indent=2, default=str))
+    return bool(args.dry_run)
+
+
+def _plain(value: Any) -> Any:
+    """JSON data: dataclasses as objects, specs and sizes as their option text, paths and enums as
+    strings; a secret as "***", and a URL's ?token= too."""
+    if is_dataclass(value) and not isinstance(value, type):
+        if "__str__" in vars(type(value)):  # SourceSpec, SinkSpec, CameraSize
+            return str(value)
+        value = {f.name: getattr(value, f.name) for f in fields(value)}
+    if isinstance(value, dict):
+        return {str(k): "***" if k in SECRETS and v is not None else _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str) and "token=" in value:
+        return re.sub(r"([?&]token=)[^&#]*", r"\1***", value)
+    return value.value if isinstance(value, Enum) else str(value) if isinstance(value, Path) else value
+
+
+# ---- the commands -------------------------------------------------------------------------------
 def _prepare(args: argparse.Namespace) -> int:
     from tracking.prepare import PrepareConfig, run
 
-    config = PrepareConfig(
-        video=args.video,
-        out=args.out,
-        size=args.size,
-        test_video=args.test_video,
-        test_fraction=args.test_fraction,
-        max_frames=args.max_frames,
-        workers=args.workers,
-        face_model=args.face_model,
-        segmentation_model=args.segmentation_model,
-    )
+    config = _options(PrepareConfig, args)
     config.validate()
-    if args.dry_run:
-        print(json.dumps(asdict(config), indent=2, default=str))
+    if _dry_run(args, config):
         return 0
     manifest = run(config)
     summary = {k: manifest[k] for k in ("frames_total", "frames_tracked", "train_frames", "test_frames", "size")}
@@ -65,25 +119,9 @@ def _preset_override(text: str) -> tuple[str, str]:
 def _train(args: argparse.Namespace) -> int:
     from models.training.train import TrainOptions, run
 
-    options = TrainOptions(
-        data=args.data,
-        out=args.out,
-        preset=args.preset,
-        steps=args.steps,
-        batch=args.batch,
-        device=args.device,
-        seed=args.seed,
-        resume=args.resume,
-        checkpoint_every=args.checkpoint_every,
-        sample_every=args.sample_every,
-        max_frames=args.max_frames,
-        losses=tuple(args.loss),
-        minutes=args.minutes,
-        overrides=tuple(args.set),
-    )
+    options = _options(TrainOptions, args, losses=args.loss, overrides=args.set)
     preset = options.resolved_preset()
-    if args.dry_run:
-        print(json.dumps({"options": asdict(options), "preset": preset.to_dict()}, indent=2, default=str))
+    if _dry_run(args, {"options": options, "preset": preset.to_dict()}):
         return 0
     summary = run(options)
     print(json.dumps(summary, default=str))
@@ -97,6 +135,8 @@ def _export(args: argparse.Namespace) -> int:
         from models.engines.tensorrt_engine import require_tensorrt
 
         require_tensorrt()  # fails here, before the export, when TensorRT is missing
+    if _dry_run(args):
+        return 0
     path = export(args.run, args.data, args.out, subject=args.subject, consent=args.consent)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
     if args.onnx:
@@ -115,18 +155,10 @@ def _export(args: argparse.Namespace) -> int:
 def _distill(args: argparse.Namespace) -> int:
     from models.training.distill import DistillOptions, run
 
-    options = DistillOptions(
-        avatar=args.avatar,
-        data=args.data,
-        out=args.out,
-        steps=args.steps,
-        batch=args.batch,
-        frame_stride=args.frame_stride,
-        shifted_copies=args.shifted_copies,
-        eval_frames=args.eval_frames,
-        seed=args.seed,
-    )
+    options = _options(DistillOptions, args)
     options.validate()
+    if _dry_run(args, options):
+        return 0
     if args.threads:
         import torch
 
@@ -139,20 +171,10 @@ def _distill(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from streamer.tools.bench import BenchOptions, run
 
-    options = BenchOptions(
-        avatar=args.avatar,
-        device=args.device,
-        backend=args.backend,
-        frames=args.frames,
-        warmup=args.warmup,
-        video=args.video,
-        network=args.network,
-        codec=args.codec,
-        threads=args.threads,
-        mode=args.mode,
-        fps=args.fps,
-        peer=args.peer,
-    )
+    options = _options(BenchOptions, args)
+    options.validate()
+    if _dry_run(args, options):
+        return 0
     report = run(options)
     if args.json:
         print(json.dumps(report, indent=2))
@@ -190,40 +212,26 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from models.evaluation.evaluate import EvaluateOptions, run
+    from models.evaluation.ablate import AblateOptions
+    from models.evaluation.ablate import run as ablate
+    from models.evaluation.evaluate import EvaluateError, EvaluateOptions, run
     from models.evaluation.metrics import MetricWeights
 
     regions = {"full": ("full",), "masked": ("masked",), "both": ("full", "masked")}[args.region]
-    weights = MetricWeights(args.lpips_backbone, args.lpips_heads, args.fid_inception, args.facenet)
-    options = EvaluateOptions(
-        source=args.source,
-        data=args.data,
-        out=args.out,
-        driver=args.driver,
-        video=args.video,
-        split=args.split,
-        max_frames=args.max_frames,
-        regions=regions,  # type: ignore[arg-type]
-        metrics=tuple(args.metrics.split(",")),
-        batch=args.batch,
-        device=args.device,
-        weights=weights,
-        calibrate_seconds=args.calibrate_seconds,
-        calibrate_frame=args.calibrate_frame,
-        network=args.network,
+    options = _options(
+        EvaluateOptions,
+        args,
+        regions=regions,
+        metrics=args.metrics.split(","),
+        weights=_options(MetricWeights, args),
         baselines=not args.no_baselines,
     )
-    if args.ablate:
-        from models.evaluation.ablate import AblateOptions
-        from models.evaluation.evaluate import EvaluateError
-
-        if args.data is None:
-            raise EvaluateError("--ablate trains variants on the dataset: pass --data")
-        from models.evaluation.ablate import run as ablate
-
-        summary = ablate(AblateOptions(options, steps=args.ablate_steps))
-    else:
-        summary = run(options)
+    if args.ablate and args.data is None:
+        raise EvaluateError("--ablate trains variants on the dataset: pass --data")
+    options.validate()
+    if _dry_run(args, AblateOptions(options, steps=args.ablate_steps) if args.ablate else options):
+        return 0
+    summary = ablate(AblateOptions(options, steps=args.ablate_steps)) if args.ablate else run(options)
     print(json.dumps({k: v for k, v in summary.items() if k not in ("options", "variants")}, default=str))
     print(f"report: {args.out / 'index.html'}", file=sys.stderr)
     return 0
@@ -232,21 +240,16 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _reenact(args: argparse.Namespace) -> int:
     from streamer.tools.reenact import ReenactOptions, run
 
-    options = ReenactOptions(
-        avatar=args.avatar,
-        driver=args.driver,
-        out=args.out,
-        side_by_side=args.side_by_side,
-        calibrate_seconds=args.calibrate_seconds,
-        calibrate_frame=args.calibrate_frame,
+    options = _options(
+        ReenactOptions,
+        args,
         engine=args.backend,
-        device=args.device,
-        max_frames=args.max_frames,
         watermark=not args.no_watermark,
         credentials=not args.no_credentials,
-        c2pa_cert=args.c2pa_cert,
-        c2pa_key=args.c2pa_key,
     )
+    options.validate()
+    if _dry_run(args, options):
+        return 0
     print(json.dumps(run(options)))
     return 0
 
@@ -254,6 +257,8 @@ def _reenact(args: argparse.Namespace) -> int:
 def _devices(args: argparse.Namespace) -> int:
     from streamer.tools.devices import list_devices
 
+    if _dry_run(args):
+        return 0
     report = list_devices(probe=args.probe)
     print(json.dumps(report.as_dict(), indent=2) if args.json else report.text())
     return 0
@@ -262,6 +267,8 @@ def _devices(args: argparse.Namespace) -> int:
 def _detect(args: argparse.Namespace) -> int:
     from streamer.provenance.detect import describe, detect
 
+    if _dry_run(args):
+        return 0
     anchors = args.trust.read_bytes() if args.trust is not None else None
     reports = [detect(path, args.avatar, anchors) for path in args.files]
     if args.json:
@@ -284,35 +291,35 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     from streamer.sources import parse_source
     from streamer.stages.compose import ComposeConfig
 
+    if args.no_watermark:
+        _refuse_unmarked(args.avatar)
     compose = ComposeConfig(
         Background(args.background), args.background_image, badge=not args.no_badge, watermark=not args.no_watermark
     )
-    if args.no_watermark:
-        _refuse_unmarked(args.avatar)
-    return ServeConfig(
-        avatars=tuple(args.avatar),
+    return _options(
+        ServeConfig,
+        args,
+        avatars=args.avatar,
         source=parse_source(args.source),
-        sinks=tuple(parse_sink(s) for s in args.sink or ["webrtc"]),
-        host=args.host,
-        port=args.port,
-        fps=args.fps,
-        loop=args.loop,
-        source_fps=args.source_fps,
+        sinks=[parse_sink(s) for s in args.sink or ["webrtc"]],
         backend=_live_backend(args),
-        device=args.device,
         compose=compose,
-        token=args.token,
-        allowed_origins=tuple(args.allow_origin),
-        max_sessions=args.max_sessions,
-        ice_servers=tuple(args.ice_server),
-        ice_username=args.ice_username,
-        ice_credential=args.ice_credential,
-        bitrate=args.bitrate,
-        codec=args.codec,
-        virtualcam_backend=args.virtualcam_backend,
         framing=_framing(args),
-        **_security_fields(args),
+        allowed_origins=args.allow_origin,
+        allowed_hosts=args.allowed_host,
+        ice_servers=args.ice_server,
     )
+
+
+def _demo_config(args: argparse.Namespace) -> ServeConfig:
+    from streamer.serve.config import ServeConfig, ServeError
+    from streamer.serve.demo import demo_config
+
+    if args.no_watermark:
+        raise ServeError("the shipped demo avatar is always watermarked: --no-watermark is only for your own avatar")
+    demo = demo_config(camera=args.camera, browser_cameras=args.browser_cameras, virtualcam=not args.no_virtualcam)
+    given = {"backend": _live_backend(args), "framing": _framing(args), "allowed_hosts": args.allowed_host}
+    return replace(demo, **_option_fields(ServeConfig, args, given))
 
 
 def _framing(args: argparse.Namespace) -> FramingConfig:
@@ -325,21 +332,6 @@ def _framing(args: argparse.Namespace) -> FramingConfig:
     except ValueError as exc:
         raise ServeError(f"--camera-size: {exc}") from None
     return FramingConfig(size=size, zoom=args.camera_zoom, resampler=Resampler(args.camera_resampler))
-
-
-def _security_fields(args: argparse.Namespace) -> dict[str, Any]:
-    """The ServeConfig fields of `_add_security_options` (serve and demo)."""
-    return {
-        "operator_token": args.operator_token,
-        "allowed_hosts": tuple(args.allowed_host),
-        "max_per_client": args.max_per_client,
-        "connect_timeout": args.connect_timeout,
-        "admission": args.admission,
-        "cpu_budget": args.cpu_budget,
-        "tls_cert": args.tls_cert,
-        "tls_key": args.tls_key,
-        "tls_self_signed": args.tls_self_signed,
-    }
 
 
 def _refuse_unmarked(paths: Sequence[Path]) -> None:
@@ -365,39 +357,11 @@ def _serve(args: argparse.Namespace) -> int:
     from streamer.core.logs import configure_logging
     from streamer.serve.http import run
 
+    config = _resolved(_serve_config if args.command == "serve" else _demo_config, args)
+    if _dry_run(args, config):
+        return 0
     configure_logging(args.log_format)
-    run(_resolved(_serve_config, args))
-    return 0
-
-
-def _demo(args: argparse.Namespace) -> int:
-    from streamer.core.logs import configure_logging
-    from streamer.serve.demo import demo_config
-    from streamer.serve.http import run
-
-    if args.no_watermark:
-        from streamer.serve.config import ServeError
-
-        raise ServeError("the shipped demo avatar is always watermarked: --no-watermark is only for your own avatar")
-    configure_logging(args.log_format)
-    run(
-        _resolved(
-            lambda a: replace(
-                demo_config(
-                    host=a.host,
-                    port=a.port,
-                    camera=a.camera,
-                    browser_cameras=a.browser_cameras,
-                    virtualcam=not a.no_virtualcam,
-                    backend=_live_backend(a),
-                    device=a.device,
-                ),
-                framing=_framing(a),
-                **_security_fields(a),
-            ),
-            args,
-        )
-    )
+    run(config)
     return 0
 
 
@@ -407,31 +371,22 @@ def _connect(args: argparse.Namespace) -> int:
     from streamer.core.logs import configure_logging
     from streamer.sinks import parse_sink
 
-    configure_logging("text", level=logging.getLevelNamesMapping()[args.log_level])
-    config = ConnectConfig(
-        url=args.url,
-        token=args.token,
-        cafile=args.cafile,
+    config = _options(
+        ConnectConfig,
+        args,
         camera=None if args.video is not None else (0 if args.camera is None else args.camera),
-        video=args.video,
-        loop=args.loop,
-        sinks=tuple(parse_sink(s, peers=False) for s in args.sink or ["virtualcam"]),
-        seconds=args.seconds,
-        codec=args.codec,
-        bitrate=args.bitrate,
-        ice_servers=tuple(args.ice_server),
-        ice_username=args.ice_username,
-        ice_credential=args.ice_credential,
-        fps=args.fps,
-        max_width=args.max_width,
+        sinks=[parse_sink(s, peers=False) for s in args.sink or ["virtualcam"]],
+        ice_servers=args.ice_server,
         stamp=not args.no_stamp,
-        virtualcam_backend=args.virtualcam_backend,
         json_path=args.json,
     )
     try:
         config = config.resolved()
     except ValueError as exc:
         raise ConnectError(str(exc)) from None
+    if _dry_run(args, config):
+        return 0
+    configure_logging("text", level=logging.getLevelNamesMapping()[args.log_level])
     print(json.dumps(run(config)))
     return 0
 
@@ -454,7 +409,7 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
 
 def _add_security_options(p: argparse.ArgumentParser) -> None:
     """Who may connect and how many (README, "Security")."""
-    p.add_argument("--operator-token", help="operator credential for the dashboard and controls (default: generated)")
+    _add_secret(p, "operator_token", "operator credential for the dashboard and controls (default: generated)")
     p.add_argument(
         "--allowed-host", action="append", default=[], help="extra Host name accepted without a token (repeatable)"
     )
@@ -501,7 +456,6 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="a segmentation model to use instead of the installed one",
     )
-    p.add_argument("--dry-run", action="store_true", help="print the resolved options and exit")
     p.set_defaults(handler=_prepare)
 
     p = sub.add_parser("train", help="train a SelfieAvatar generator on a prepared dataset")
@@ -523,7 +477,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=int, default=250)
     p.add_argument("--max-frames", type=int, help="use only the first N training frames")
     p.add_argument("--loss", type=_loss_override, action="append", default=[], help="NAME=WEIGHT, e.g. cos=0")
-    p.add_argument("--dry-run", action="store_true", help="print the resolved options and preset and exit")
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="write one self-describing .avatar file from a training run")
@@ -642,12 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--background-image", type=Path, help="picture for --background image")
     p.add_argument("--no-badge", action="store_true", help="omit the visible SYNTHETIC badge (not for the demo avatar)")
     _add_disclosure_options(p)
-    p.add_argument("--token", help="access token (generated and printed when --host is not loopback)")
+    _add_secret(p, "token", "access token (generated and printed when --host is not loopback)")
     p.add_argument("--allow-origin", action="append", default=[], help="extra browser origin allowed (repeatable)")
     p.add_argument("--max-sessions", type=int, default=4, help="concurrent WebRTC peers")
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (none by default)")
     p.add_argument("--ice-username", help="TURN username (for turn: URLs)")
-    p.add_argument("--ice-credential", help="TURN password (for turn: URLs)")
+    _add_secret(p, "ice_credential", "TURN password (for turn: URLs)")
     p.add_argument("--bitrate", type=int, default=1_000_000, help="starting WebRTC video bitrate, bits/s")
     p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="default WebRTC codec")
     p.add_argument("--virtualcam-backend", help="pyvirtualcam backend (default: the platform's)")
@@ -656,7 +609,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("connect", help="drive an avatar on a remote `serve --source webrtc` from this camera")
     p.add_argument("url", help="the server's URL as `avatarcam serve` printed it (may carry ?token=)")
-    p.add_argument("--token", help="the server's access token (default: the URL's ?token=)")
+    _add_secret(p, "token", "the server's access token (default: the URL's ?token=, which comes right after this)")
     p.add_argument(
         "--cafile", type=Path, help="trust this certificate (PEM) for an https server, e.g. its self-signed one"
     )
@@ -670,7 +623,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bitrate", type=int, default=1_000_000, help="starting WebRTC video bitrate, bits/s")
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (none by default)")
     p.add_argument("--ice-username", help="TURN username (for turn: URLs)")
-    p.add_argument("--ice-credential", help="TURN password (for turn: URLs)")
+    _add_secret(p, "ice_credential", "TURN password (for turn: URLs)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate declared to the virtual camera and file sink")
     p.add_argument("--max-width", type=int, default=640, help="scale wider camera frames down to this before sending")
     p.add_argument("--no-stamp", action="store_true", help="send no frame ids (no glass-to-glass figures)")
@@ -685,11 +638,170 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-virtualcam", action="store_true", help="do not publish a virtual camera")
     _add_disclosure_options(p)
     _add_service_options(p)
-    p.set_defaults(handler=_demo)
+    p.set_defaults(handler=_serve)
+
+    for p in sub.choices.values():
+        p.add_argument("--config", type=Path, metavar="FILE", help=CONFIG_HELP)
+        p.add_argument("--dry-run", action="store_true", help="print the resolved options as JSON and exit")
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+# ---- --config FILE and secrets ------------------------------------------------------------------
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """The options: the command line's, over the --config file's, over the defaults."""
+    parser = build_parser()
+    commands = {
+        n: p for a in parser._actions if isinstance(a, argparse._SubParsersAction) for n, p in a.choices.items()
+    }
+    command = commands.get(argv[0]) if argv else None
+    path = _config_path(command, argv[1:]) if command is not None else None
+    from_file = _read_config(command, path) if command is not None and path is not None else {}
+    lists = _use_as_defaults(command, from_file) if command is not None else {}
+    args = parser.parse_args(argv)
+    for (
+        dest,
+        from_file_list,
+    ) in lists.items():  # given on the command line, a repeatable option's list replaces the file's
+        value = getattr(args, dest)
+        if value is not from_file_list:  # argparse appends to a copy of its default
+            setattr(args, dest, value[len(from_file_list) :])
+    _resolve_secrets(args, from_file, path)
+    return args
+
+
+def _config_path(command: argparse.ArgumentParser, rest: list[str]) -> Path | None:
+    """--config FILE, read before the command's parse: the file may hold its required options."""
+    early = argparse.ArgumentParser(prog=command.prog, add_help=False)
+    early.add_argument("--config", type=Path)
+    path: Path | None = early.parse_known_args(rest)[0].config
+    return path
+
+
+def _read_config(command: argparse.ArgumentParser, path: Path) -> dict[str, Any]:
+    """The file's options by dest, each converted as argparse converts the command line's;
+    OptionsError naming the file and the key otherwise."""
+    try:
+        with path.open("rb") as file:
+            table = tomllib.load(file)
+    except OSError as exc:
+        raise OptionsError(f"--config {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise OptionsError(f"{path}: not a TOML file: {exc}") from None
+    actions = {_key(a): a for a in command._actions if a.dest not in ("help", "config")}
+    values = {}
+    for key, value in table.items():
+        if key not in actions:
+            near = difflib.get_close_matches(key.replace("_", "-"), actions, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; `{command.prog} --help` lists them"
+            raise OptionsError(f"{path}: unknown key {key!r}: not an option of `{command.prog}`{hint}")
+        try:
+            values[actions[key].dest] = _convert(actions[key], value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+            raise OptionsError(f"{path}: key {key!r}: {exc}") from None
+    if any(dest in SECRETS for dest in values):
+        _warn_if_shared(path, "a secret")
+    return values
+
+
+def _key(action: argparse.Action) -> str:
+    """An option's key in a config file: its long name without the dashes, or the positional's name."""
+    names = [s.removeprefix("--") for s in action.option_strings if s.startswith("--")]
+    return names[0] if names else action.dest.replace("_", "-")
+
+
+def _convert(action: argparse.Action, value: object) -> object:
+    """A file's value as argparse makes the command line's: true or false for a switch, a list
+    (or one value) for a repeatable option, each value through the option's type and choices."""
+    if action.nargs == 0:
+        if not isinstance(value, bool):
+            raise TypeError(f"expected true or false, got {value!r}")
+        return action.const if value else action.default
+    if isinstance(action, argparse._AppendAction) or action.nargs in ("*", "+"):
+        return [_convert_one(action, item) for item in (value if isinstance(value, list) else [value])]
+    return _convert_one(action, value)
+
+
+def _convert_one(action: argparse.Action, value: object) -> object:
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise TypeError(f"expected a string or a number, got {value!r}")
+    try:
+        converted = action.type(str(value)) if callable(action.type) else str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"invalid {getattr(action.type, '__name__', 'option')} value: {value!r}") from None
+    if action.choices is not None and converted not in action.choices:
+        raise ValueError(f"invalid choice: {value!r} (choose from {', '.join(map(repr, action.choices))})")
+    return converted
+
+
+def _use_as_defaults(command: argparse.ArgumentParser, from_file: dict[str, Any]) -> dict[str, list[Any]]:
+    """The file's options become the command's defaults, so the command line's win (its secrets
+    are `_resolve_secrets`'s). Returns the repeatable options' lists from the file."""
+    lists = {}
+    for action in command._actions:
+        if action.dest not in from_file or action.dest.removesuffix("_file") in SECRETS:
+            continue
+        action.default, action.required = from_file[action.dest], False
+        if not action.option_strings:  # a positional from the file may be left off the command line
+            action.nargs = "*" if action.nargs == "+" else "?" if action.nargs is None else action.nargs
+        if isinstance(action, argparse._AppendAction):
+            lists[action.dest] = action.default
+    return lists
+
+
+def _add_secret(p: argparse.ArgumentParser, name: str, what: str) -> None:
+    """--NAME and --NAME-file; `_resolve_secrets` says where else the value may come from."""
+    flag, variable = "--" + name.replace("_", "-"), "AVATARCAM_" + name.upper()
+    p.add_argument(flag, help=f"{what}. Without it: {flag}-file, else ${variable}, else the --config file")
+    p.add_argument(
+        f"{flag}-file",
+        type=Path,
+        metavar="PATH",
+        help=f"read {flag} from this file, stripped (kept off the command line; warns when others may read it)",
+    )
+
+
+def _resolve_secrets(args: argparse.Namespace, from_file: dict[str, Any], path: Path | None) -> None:
+    """Each secret of the command from the first place that has it: the command line (--token or
+    --token-file, not both; for connect, then the URL's ?token=), $AVATARCAM_TOKEN, the config file
+    (token or token-file). A secret file that other users may read is warned about, not refused:
+    secrets mounted into containers often are, read-only."""
+    url_token = "token" in parse_qs(urlsplit(getattr(args, "url", "")).query)
+    for name in SECRETS:
+        if not hasattr(args, name):
+            continue
+        value = _read_secret(name, getattr(args, name), getattr(args, f"{name}_file"), "")
+        if value is None and not (name == "token" and url_token):
+            value = os.environ.get(f"AVATARCAM_{name.upper()}") or _read_secret(
+                name, from_file.get(name), from_file.get(f"{name}_file"), f"{path}: "
+            )
+        setattr(args, name, value)
+
+
+def _read_secret(name: str, value: str | None, path: Path | None, where: str) -> str | None:
+    flag = "--" + name.replace("_", "-")
+    if value is not None and path is not None:
+        raise OptionsError(f"{where}give {flag} or {flag}-file, not both")
+    if path is None:
+        return value
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise OptionsError(f"{where}{flag}-file {path}: {exc.strerror}") from None
+    if not text:
+        raise OptionsError(f"{where}{flag}-file {path} is empty")
+    _warn_if_shared(path, flag)
+    return text
+
+
+def _warn_if_shared(path: Path, what: str) -> None:
+    if os.name == "posix" and path.stat().st_mode & 0o044:
+        print(f"avatarcam: warning: {path} holds {what} and other users may read it: chmod 600 {path}", file=sys.stderr)
+
+
+def _known_errors() -> tuple[type[Exception], ...]:
+    """The errors whose message says what to change: one line and exit code 2, no traceback."""
     from models.avatar import AvatarError
     from models.engines import EngineUnavailable
     from models.evaluation.ablate import AblateError
@@ -710,29 +822,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tracking.prepare import PrepareError
     from tracking.video import VideoError
 
-    known = (
-        AssetMissing,
-        PrepareError,
-        VideoError,
-        DatasetError,
-        TrainError,
-        CheckpointError,
-        AvatarError,
-        ServeError,
-        SourceError,
-        SinkError,
-        EngineUnavailable,
-        EvaluateError,
-        AblateError,
-        ReenactError,
-        DistillError,
-        BenchError,
-        DetectError,
-        CredentialsError,
-        ConnectError,
-    )
-    args = build_parser().parse_args(argv)
+    return (
+        OptionsError, AssetMissing, PrepareError, VideoError, DatasetError, TrainError, CheckpointError, AvatarError,
+        ServeError, SourceError, SinkError, EngineUnavailable, EvaluateError, AblateError, ReenactError, DistillError,
+        BenchError, DetectError, CredentialsError, ConnectError
+    )  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    known = _known_errors()
     try:
+        args = _parse(list(sys.argv[1:] if argv is None else argv))
         code: int = args.handler(args)
     except known as exc:
         print(f"avatarcam: error: {exc}", file=sys.stderr)

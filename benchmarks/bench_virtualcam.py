@@ -12,7 +12,7 @@ last picture on a tick without a new one), beside the rate the pipeline made ava
 and what it dropped (a new frame lands between two ticks with some jitter: two in one interval
 and the first is never shown), ticks the sink missed,
 the camera stage's cost (framing + send) and end-to-end latency. `--screenshot` saves one of
-the device's own pictures (the README's "what the meeting sees").
+the device's own pictures (docs/live.md, "What the meeting sees").
 """
 
 from __future__ import annotations

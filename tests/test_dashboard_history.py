@@ -7,7 +7,8 @@ from typing import Any
 
 from streamer.provenance.identity import DEMO_AVATAR
 from streamer.serve.config import ServeConfig
-from streamer.serve.service import HISTORY_SECONDS, Service
+from streamer.serve.service import Service
+from streamer.serve.status import HISTORY_SECONDS
 from streamer.sources.base import SourceSpec
 
 

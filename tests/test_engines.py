@@ -129,7 +129,7 @@ def test_onnx_export_round_trip(tiny_avatar: Path, tmp_path: Path, renders: tupl
     written = export_beside(path)
     assert written == tmp_path / "me.onnx"
     model = onnx.load(str(written))
-    assert model.opset_import[0].version == 17  # the README promises opset 17
+    assert model.opset_import[0].version == 17  # docs/engines.md promises opset 17
     types = {v.name: v.type.tensor_type.elem_type for v in (*model.graph.input, *model.graph.output)}
     proto = onnx.TensorProto
     assert types == {"uv": proto.UINT16, "shaded": proto.UINT8, "image": proto.UINT8, "mask": proto.UINT8}

@@ -61,7 +61,7 @@ def test_cross_reenactment_measures_expression_pose_and_identity(
     assert metrics["mode"] == "cross" and metrics["frames"] == 3
     assert metrics["compared_frames"] == 3, metrics
     assert metrics["output_face_missing"] == metrics["driver_face_missing"] == 0
-    # Two different people: expressions and poses differ, but not wildly (README: AED ~0.1, APD ~7°).
+    # Two different people: expressions and poses differ, but not wildly (docs/results.md: AED ~0.1, APD ~7°).
     assert 0.01 < metrics["aed"] < 0.3 and 0.1 < metrics["apd"] < 30, metrics
     assert metrics["aed_centred"] is not None and 0 <= metrics["aed_centred"] <= metrics["aed"] + 1e-9
     assert 0.2 < metrics["csim"] <= 1

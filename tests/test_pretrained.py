@@ -238,7 +238,7 @@ def test_facenet_matches_the_tensorflow_graph(
         want = reference["embeddings"][i]
         cosine = float(row @ want)
         identical += same_input
-        # The README's claim (> 0.99999) holds on identical inputs; a crop that differs by
+        # The docs' claim (docs/training.md, > 0.99999) holds on identical inputs; a crop that differs by
         # resampling (another OpenCV build) can only be held to a looser bound.
         assert cosine > (0.99999 if same_input else 0.999), (name, cosine, f"identical input: {same_input}")
         if same_input:

@@ -135,9 +135,12 @@ def test_specs_parse_or_say_what_to_write() -> None:
         with pytest.raises(SourceError, match="camera:N, file:PATH or webrtc"):
             parse_source(bad)
     for bad in ("zoom", "file", "null:x"):
-        with pytest.raises(SinkError, match=re.escape("virtualcam, window, file:OUT.mp4, null or webrtc")):
+        with pytest.raises(SinkError, match=re.escape("virtualcam, webrtc, file:OUT.mp4, null or window")):
             parse_sink(bad)
-    with pytest.raises(SinkError, match=re.escape("over WebRTC; use virtualcam, window, file:OUT.mp4 or null")):
+    with pytest.raises(
+        SinkError,
+        match=re.escape("connect receives the avatar over WebRTC; use virtualcam, file:OUT.mp4, null or window"),
+    ):
         parse_sink("webrtc", peers=False)
 
 

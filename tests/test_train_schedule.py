@@ -1,4 +1,4 @@
-"""The training schedule the README promises, on the tiny preset and a few steps: G_f and G_b
+"""The training schedule docs/training.md promises, on the tiny preset and a few steps: G_f and G_b
 freeze after `freeze_static_after` (also when a resume lands after it), R1 runs every
 `r1_interval` steps, the generator's gradients are clipped, and only the newest 3 checkpoints
 are kept."""
@@ -75,7 +75,7 @@ def test_only_the_newest_three_checkpoints_are_kept(data: Path, tmp_path: Path) 
 
 def test_r1_runs_every_r1_interval_steps(data: Path, tmp_path: Path) -> None:
     preset = get_preset("tiny")
-    assert (preset.loss.r1_interval, preset.loss.r1_gamma) == (16, 10.0)  # the README's schedule
+    assert (preset.loss.r1_interval, preset.loss.r1_gamma) == (16, 10.0)  # docs/training.md's schedule
     out = tmp_path / "run"
     gan = (("mrf", 0.0), ("cos", 0.0), ("r1_interval", 3.0))
     _train(data, out, 7, losses=gan, checkpoint_every=100)

@@ -28,8 +28,9 @@ from streamer.serve.service import Service
 from streamer.sinks.base import SinkError, SinkSpec
 from streamer.sinks.virtualcam import VirtualCamSink
 from streamer.sources.base import SourceSpec
+from streamer.stages.card import card
 from streamer.stages.compose import ComposeConfig
-from streamer.stages.framing import CameraSize, Framer, FramingConfig, Placement, card, fill_holes
+from streamer.stages.framing import CameraSize, Framer, FramingConfig, Placement, fill_holes
 from tests.media import first_frames, write_video
 from tests.test_streamer import FakeClock
 from tracking.live import LiveConfig

@@ -34,7 +34,6 @@ from models.engines import Engine, create_engine
 from models.evaluation.metrics import Metric, MetricWeights, create_metric
 from models.evaluation.metrics.csim import CSIM, face_boxes
 from models.evaluation.report import ReportWriter, error_map
-from tracking.neutral import driver_neutral
 from tracking.tracker import FaceTrack, FaceTracker
 
 U8 = npt.NDArray[np.uint8]
@@ -466,6 +465,7 @@ def evaluate_cross(
     """Drive the avatar with `options.driver`, re-track the output, compare with the driver."""
     from tracking.live import LiveDriver
     from tracking.mesh import load_canonical_mesh
+    from tracking.neutral import driver_neutral
     from tracking.render import FaceRenderer
     from tracking.video import probe, read_frames
 

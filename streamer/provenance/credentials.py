@@ -9,7 +9,7 @@ byte of the video makes the manifest fail to verify.
 Signing keys: a certificate chain + private key the user passes (`--c2pa-cert`, `--c2pa-key`),
 or by default a local one generated on first use into the cache (`$AVATARCAM_HOME/c2pa`, else
 `~/.cache/avatarcam/c2pa`): a self-made CA and a signing certificate it issued (C2PA refuses a
-self-signed end certificate). What that proves and does not prove is in the README ("Disclosure").
+self-signed end certificate). What that proves and does not prove is in docs/disclosure.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The invisible watermark: a keyed spread-spectrum pattern in the luma of every published frame.
 
 Why this design (measured against `invisible-watermark` in benchmarks/bench_watermark.py; the
-numbers are in the README's "Disclosure" section):
+numbers are in docs/disclosure.md):
 
 - **Payload.** 64 coded bits: a fixed 16-bit "synthetic" marker, a 32-bit digest of the avatar's
   identity record (subject, consent, source video, preset, steps) and a CRC-16 over both. The

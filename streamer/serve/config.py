@@ -97,7 +97,7 @@ class ServeConfig:
     virtualcam_backend: str | None = None
     virtualcam_optional: bool = False
     shutdown_timeout: float = 5.0
-    web_root: Path = Path(__file__).resolve().parent.parent / "web"
+    web_root: Path = Path(__file__).resolve().parents[2] / "web"
 
     @property
     def loopback(self) -> bool:

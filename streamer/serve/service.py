@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import time
-from collections import deque
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +28,7 @@ from streamer.provenance.identity import is_demo_identity
 from streamer.serve.capacity import Capacity, time_encoder
 from streamer.serve.config import ServeConfig
 from streamer.serve.peers import Peer, close_connection
+from streamer.serve.status import History, snapshot, usable_cores
 from streamer.sinks import SINKS, open_sink
 from streamer.sinks.base import Sink, SinkContext, SinkError
 from streamer.sinks.webrtc import AvatarTrack
@@ -50,9 +49,6 @@ class RequestError(Exception):
         self.retry_after = retry_after
 
 
-HISTORY_SECONDS = 300.0  # how much of the dashboard's latency and load history the service keeps
-
-
 OPERATOR_ONLY = "this needs the operator credential: open the dashboard URL avatarcam serve printed"
 
 
@@ -71,9 +67,9 @@ class Service:
         self._closing: set[asyncio.Task[None]] = set()
         self.engines = EnginePool()
         self.capacity = Capacity(
-            config.cpu_budget or float(_usable_cores()), config.fps or 30.0, gpu=config.device.startswith("cuda")
+            config.cpu_budget or float(usable_cores()), config.fps or 30.0, gpu=config.device.startswith("cuda")
         )
-        self.history: deque[dict[str, Any]] = deque()
+        self.history = History()
         self._process = psutil.Process()
         self._process.cpu_percent()  # the first call only sets the baseline
 
@@ -438,49 +434,16 @@ class Service:
 
     def snapshot(self) -> dict[str, Any]:
         """The dashboard's view of everything (sent over /ws)."""
-        sessions = [s.snapshot() for s in self.sessions()]
-        return {
-            "type": "snapshot",
-            "time": time.time(),
-            "uptime_s": round(time.monotonic() - self.started, 1),
-            "system": {
-                "cpu_percent": self._process.cpu_percent(),
-                "rss_mb": round(self._process.memory_info().rss / 2**20, 1),
-                "gpu": _gpu_load(self.config.device),
-            },
-            "totals": {
-                "frames": sum(s["frames"] for s in sessions),
-                "dropped": sum(s["dropped"] for s in sessions),
-                "sessions": len(sessions),
-            },
-            "sessions": sessions,
-        }
+        return snapshot(self.sessions(), self.started, self._process, self.config.device)
 
     def record(self, snapshot: dict[str, Any]) -> None:
-        """Keep the compact part of a snapshot (latency, rate, stage costs, load) for
-        HISTORY_SECONDS, so a dashboard opened later starts with what happened."""
-        sample = {
-            "time": snapshot["time"],
-            "system": {"cpu_percent": snapshot["system"]["cpu_percent"], "gpu": snapshot["system"]["gpu"]},
-            "sessions": [
-                {
-                    "id": s["id"],
-                    "fps": s.get("fps"),
-                    "e2e_ms": s.get("e2e_ms"),
-                    "glass_ms": s.get("glass_ms"),
-                    "stages_ms": s.get("stages_ms"),
-                }
-                for s in snapshot["sessions"]
-            ],
-        }
-        self.history.append(sample)
-        while self.history and self.history[0]["time"] < sample["time"] - HISTORY_SECONDS:
-            self.history.popleft()
+        """Keep the compact part of a snapshot for the dashboards opened later."""
+        self.history.record(snapshot)
 
     def first_snapshot(self) -> dict[str, Any]:
         """A dashboard's first message over /ws: a snapshot carrying the kept history (oldest
         first), so its charts start with the last HISTORY_SECONDS instead of empty."""
-        return {**self.snapshot(), "history": list(self.history), "history_seconds": HISTORY_SECONDS}
+        return {**self.snapshot(), "history": list(self.history), "history_seconds": self.history.seconds}
 
     def info(self) -> dict[str, Any]:
         entry = self.default_avatar
@@ -507,27 +470,3 @@ class Service:
         if self.shared is not None:
             await self.shared.stop()
             self.shared = None
-
-
-def _usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
-def _gpu_load(device: str) -> dict[str, Any] | None:
-    if not device.startswith("cuda"):
-        return None
-    import torch
-
-    index = torch.device(device).index or 0
-    try:
-        util: float | None = float(torch.cuda.utilization(index))
-    except Exception:  # needs pynvml; memory is still known
-        util = None
-    return {
-        "name": torch.cuda.get_device_name(index),
-        "util_percent": util,
-        "mem_mb": round(torch.cuda.memory_allocated(index) / 2**20, 1),
-    }

@@ -36,10 +36,10 @@ class SinkKind:
 
 SINKS: dict[str, SinkKind] = {
     "virtualcam": SinkKind(VirtualCamSink.open),
-    "window": SinkKind(WindowSink.open),
+    "webrtc": SinkKind(None, shared=False),  # each WebRTC peer gets the avatar as its own track
     "file": SinkKind(FileSink.open, "OUT.mp4"),
     "null": SinkKind(NullSink.open, shared=False),
-    "webrtc": SinkKind(None, shared=False),  # each WebRTC peer gets the avatar as its own track
+    "window": SinkKind(WindowSink.open),
 }
 
 
@@ -51,11 +51,11 @@ def usage(*, peers: bool = True) -> str:
 
 def parse_sink(text: str, *, peers: bool = True) -> SinkSpec:
     """A `--sink` value as a spec; SinkError naming the accepted forms otherwise. Without
-    `peers` (connect, which receives the avatar over WebRTC), the per-peer kind is refused."""
+    `peers` (for connect, which receives the avatar over WebRTC), the per-peer kind is refused."""
     kind, _, target = text.partition(":")
     row = SINKS.get(kind)
     if row is not None and row.open is None and not peers:
-        raise SinkError(f"--sink {kind}: this command receives the avatar over WebRTC; use {usage(peers=False)}")
+        raise SinkError(f"--sink {kind}: connect receives the avatar over WebRTC; use {usage(peers=False)}")
     if row is not None and bool(target) == bool(row.target):
         return SinkSpec(kind, target)
     raise SinkError(f"--sink {text!r}: use {usage(peers=peers)}")

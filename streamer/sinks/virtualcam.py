@@ -12,7 +12,8 @@ import numpy as np
 from streamer.core.clock import Clock, Pacer
 from streamer.core.frames import U8, Background, Frame, Layers
 from streamer.sinks.base import Report, SinkContext, SinkError
-from streamer.stages.framing import Framer, FramingConfig, card
+from streamer.stages.card import card
+from streamer.stages.framing import Framer, FramingConfig
 
 log = logging.getLogger(__name__)
 
