@@ -75,12 +75,16 @@ def _plain(value: Any) -> Any:
         return {str(k): "***" if k in SECRETS and v is not None else _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
-    if isinstance(value, str) and "token=" in value:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, str):
         return re.sub(r"([?&]token=)[^&#]*", r"\1***", value)
-    return value.value if isinstance(value, Enum) else str(value) if isinstance(value, Path) else value
+    return str(value) if isinstance(value, Path) else value
 
 
 # ---- the commands -------------------------------------------------------------------------------
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from tracking.prepare import PrepareConfig, run
 
@@ -587,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="drive an avatar live and publish it (WebRTC, virtual camera, file)")
     p.add_argument("avatar", type=Path, nargs="+", help=".avatar files; the first is shown, others can be switched to")
     p.add_argument("--source", default="webrtc", help="camera:N, file:PATH or webrtc (each browser drives its own)")
-    p.add_argument("--sink", action="append", help="virtualcam, webrtc, file:OUT.mp4 or null (repeatable)")
+    p.add_argument("--sink", action="append", help="virtualcam, webrtc, file:OUT.mp4, null or window (repeatable)")
     p.add_argument("--fps", type=float, default=30.0, help="frame rate declared to the virtual camera and file sink")
     p.add_argument("--loop", action="store_true", help="play a file source again when it ends")
     p.add_argument("--source-fps", type=float, help="pace a file source at this rate, like a camera (default: its own)")
@@ -609,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("connect", help="drive an avatar on a remote `serve --source webrtc` from this camera")
     p.add_argument("url", help="the server's URL as `avatarcam serve` printed it (may carry ?token=)")
-    _add_secret(p, "token", "the server's access token (default: the URL's ?token=, which comes right after this)")
+    _add_secret(p, "token", "the server's access token (default: the URL's ?token=, before $AVATARCAM_TOKEN)")
     p.add_argument(
         "--cafile", type=Path, help="trust this certificate (PEM) for an https server, e.g. its self-signed one"
     )
@@ -652,31 +656,21 @@ def build_parser() -> argparse.ArgumentParser:
 def _parse(argv: list[str]) -> argparse.Namespace:
     """The options: the command line's, over the --config file's, over the defaults."""
     parser = build_parser()
-    commands = {
-        n: p for a in parser._actions if isinstance(a, argparse._SubParsersAction) for n, p in a.choices.items()
-    }
-    command = commands.get(argv[0]) if argv else None
-    path = _config_path(command, argv[1:]) if command is not None else None
-    from_file = _read_config(command, path) if command is not None and path is not None else {}
-    lists = _use_as_defaults(command, from_file) if command is not None else {}
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    command = sub.choices.get(argv[0]) if argv else None
+    if command is None:  # no command, an unknown one, or --help: argparse answers
+        return parser.parse_args(argv)
+    early = argparse.ArgumentParser(prog=command.prog, add_help=False)  # the file may hold required options
+    early.add_argument("--config", type=Path)
+    path: Path | None = early.parse_known_args(argv[1:])[0].config
+    from_file = _read_config(command, path) if path is not None else {}
+    lists = _use_as_defaults(command, from_file)
     args = parser.parse_args(argv)
-    for (
-        dest,
-        from_file_list,
-    ) in lists.items():  # given on the command line, a repeatable option's list replaces the file's
-        value = getattr(args, dest)
-        if value is not from_file_list:  # argparse appends to a copy of its default
-            setattr(args, dest, value[len(from_file_list) :])
+    for dest, listed in lists.items():  # a repeatable option on the command line replaces the file's list
+        if getattr(args, dest) is not listed:  # argparse appended to a copy of it
+            setattr(args, dest, getattr(args, dest)[len(listed) :])
     _resolve_secrets(args, from_file, path)
     return args
-
-
-def _config_path(command: argparse.ArgumentParser, rest: list[str]) -> Path | None:
-    """--config FILE, read before the command's parse: the file may hold its required options."""
-    early = argparse.ArgumentParser(prog=command.prog, add_help=False)
-    early.add_argument("--config", type=Path)
-    path: Path | None = early.parse_known_args(rest)[0].config
-    return path
 
 
 def _read_config(command: argparse.ArgumentParser, path: Path) -> dict[str, Any]:

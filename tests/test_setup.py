@@ -1,5 +1,5 @@
 """Setup as a new user meets it: nothing needs root except what the README says (installing
-Debian's browser and coturn), and without a browser the browser tests skip saying why."""
+Debian's browser, coturn and Xvfb), and without a browser the browser tests skip saying why."""
 
 from __future__ import annotations
 
@@ -82,7 +82,7 @@ def test_browser_setup_needs_root_only_to_install_and_otherwise_says_why(shared_
     if os.getuid() == 0:  # as root (CI) it installs the packages
         root = _make_browser_setup([], bin_dir, project)
         assert root.returncode == 0, root.stderr
-        assert log.read_text().splitlines() == ["update", "install -y chromium chromium-driver coturn"]
+        assert log.read_text().splitlines() == ["update", "install -y chromium chromium-driver coturn xvfb"]
 
 
 def test_no_browser_skips_with_the_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
