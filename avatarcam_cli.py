@@ -412,7 +412,7 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_security_options(p: argparse.ArgumentParser) -> None:
-    """Who may connect and how many (README, "Security")."""
+    """Who may connect and how many (docs/security.md)."""
     _add_secret(p, "operator_token", "operator credential for the dashboard and controls (default: generated)")
     p.add_argument(
         "--allowed-host", action="append", default=[], help="extra Host name accepted without a token (repeatable)"

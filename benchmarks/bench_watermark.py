@@ -1,7 +1,7 @@
 """The invisible watermark against the issue's bars, on real avatar output, for each candidate.
 
 Candidates:
-- `avatarcam`: the project's own spread-spectrum mark (`streamer.watermark`), 64 coded bits.
+- `avatarcam`: the project's own spread-spectrum mark (`streamer.provenance.watermark`), 64 coded bits.
 - `dwtDct`, `dwtDctSvd`: `invisible-watermark`'s DWT + DCT (+ SVD) marks with the same 64-bit
   codeword (marker + digest + CRC-16), found when that codeword decodes with a valid marker and CRC.
 - `rivaGan`: `invisible-watermark`'s RivaGAN ONNX encoder/decoder, 32 bits (marker + 16

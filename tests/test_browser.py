@@ -153,7 +153,7 @@ def _connect(browser: Browser, url: str) -> str:
 
 
 def test_page_stamps_match_the_services_stamp_codec(service: LiveService, open_browser: Open) -> None:
-    """web/stamp.js and streamer/stamp.py agree both ways, on clean and on noisy pictures."""
+    """web/stamp.js and streamer/core/stamp.py agree both ways, on clean and on noisy pictures."""
     browser = open_browser(None)
     browser.open(service.base + "/api/info")
     tags = [0, 1, 2, 511, 512, 1000, 1023, 1024 + 77]

@@ -1,6 +1,6 @@
 // A frame identifier painted into the picture, for glass-to-glass latency.
 //
-// The same layout as the service's streamer/stamp.py: a row of CELLS square cells at the
+// The same layout as the service's streamer/core/stamp.py: a row of CELLS square cells at the
 // top-left, cell side cellSize(width); cell 0 white and cell 1 black (guards that set the
 // threshold), cells 2.. hold BITS bits of the id, most significant first, white = 1.
 
@@ -37,7 +37,7 @@ export function write(ctx, width, tag) {
  * `rgba` holds the top-left `stripWidth` x `stripHeight` pixels of a frame `width` pixels
  * wide (ImageData.data of a drawImage of that region), with stripWidth >= CELLS * c and
  * stripHeight >= c. Each cell's level is the mean of R, G, B over the cell's central half,
- * as in streamer/stamp.py.
+ * as in streamer/core/stamp.py.
  */
 export function read(rgba, stripWidth, stripHeight, width) {
   const c = cellSize(width);

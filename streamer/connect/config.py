@@ -35,8 +35,8 @@ class ConnectConfig:
         bitrate: starting bitrate of the outgoing video, bits/s, as `serve --bitrate`.
         ice_servers: STUN/TURN URLs (none by default: no third party).
         ice_username, ice_credential: the TURN servers' long-term credential.
-        fps: the frame rate declared to the virtual camera and the file; the presenter repeats
-            the last frame on this clock when the link stalls.
+        fps: the frame rate declared to the virtual camera and the file; the virtual camera
+            repeats the last frame on this clock when the link stalls.
         max_width: camera frames wider than this are scaled down before they are sent.
         stamp: paint frame ids into sent frames (glass-to-glass); they are visible at the top
             left of the avatar frames.

@@ -94,7 +94,7 @@ class ConnectStats:
         """Frames that did not make it, by where: `capture` (the encoder was busy with an
         older frame), `lost` (sent with an id that never came back: dropped by the server to
         keep latency bounded, or on the network), `server` (the server's own count), `sinks`
-        (a busy sink replaced an avatar, held or card frame by a newer one)."""
+        (a busy sink replaced an avatar frame by a newer one)."""
         server = int(self.server.get("dropped") or 0) if self.server else 0
         lost = max(0, self.frames_sent - self.echoed) if self.echoed else 0
         return {"capture": self.capture_dropped, "lost": lost, "server": server, "sinks": sink_dropped}

@@ -29,7 +29,7 @@ class Background(StrEnum):
 @dataclass(frozen=True)
 class Layers:
     """What a frame was composed from, for a sink that composes it again at another size (the
-    virtual camera frames it into a 16:9 webcam picture; `streamer.framing`).
+    virtual camera frames it into a 16:9 webcam picture; `streamer.stages.framing`).
 
     Attributes:
         image: [r, r, 3] uint8 RGB, the engine's output (its learned background).
@@ -55,7 +55,7 @@ class Frame:
         captured: when the source captured it (the session clock's seconds); carried unchanged
             through every stage so end-to-end latency is measured from capture.
         index: the source's frame counter.
-        tag: a frame identifier read from the input's stamp (`streamer.stamp`), echoed onto the
+        tag: a frame identifier read from the input's stamp (`streamer.core.stamp`), echoed onto the
             output so a browser can measure glass-to-glass latency; None when absent.
         stages: seconds spent in each stage so far, by stage name.
         face_found: whether tracking found the driver's face (None before tracking).

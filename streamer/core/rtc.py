@@ -1,9 +1,6 @@
-"""WebRTC with aiortc: the avatar as an outgoing video track, codec and bitrate choice.
-
-The outgoing track is also a session sink: the session pushes frames into a latest-frame slot
-and aiortc's sender pulls them with `recv()` at its own pace, so a slow network link drops
-frames here instead of building latency.
-"""
+"""aiortc settings every WebRTC user here shares (serve, connect, bench): codecs and their
+preference, the encoders' bitrate, the one ICE-server builder, and the handler for aiortc's
+closed-while-connecting task. The outgoing avatar track is `streamer.sinks.webrtc`."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`avatarcam detect`: is this video or image an avatarcam avatar, and which one?
 
-Reads the invisible watermark (`streamer.watermark`) from every frame, and the C2PA manifest
-(`streamer.credentials`) from mp4 files, and says what each shows.
+Reads the invisible watermark (`streamer.provenance.watermark`) from every frame, and the C2PA manifest
+(`streamer.provenance.credentials`) from mp4 files, and says what each shows.
 """
 
 from __future__ import annotations

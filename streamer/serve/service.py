@@ -1,6 +1,6 @@
 """The live service's state: avatars, sessions, WebRTC peers and control actions.
 
-HTTP lives in `streamer.server`; this module knows nothing about requests, so the same
+HTTP lives in `streamer.serve.http`; this module knows nothing about requests, so the same
 operations serve the HTTP API, the websocket and the data channels.
 """
 

@@ -17,7 +17,7 @@ class TrackSource:
     Args:
         track: the aiortc remote track.
         clock: stamps arrival time as the capture time (the server cannot see the browser's).
-        read_stamps: read the page's frame identifier (`streamer.stamp`) from each frame.
+        read_stamps: read the page's frame identifier (`streamer.core.stamp`) from each frame.
     """
 
     def __init__(self, track: object, clock: Clock, *, read_stamps: bool = False, name: str = "webrtc") -> None:

@@ -3,7 +3,7 @@
 The generator already paints a background (its learned one, G_b). Replacing or blurring it uses
 the predicted person mask I_FM as alpha. The badge is always drawn for avatars whose identity
 demands it (the shipped demo) and on by default for all others: every published frame says
-it is synthetic. Last comes the invisible watermark (`streamer.watermark`), which carries the
+it is synthetic. Last comes the invisible watermark (`streamer.provenance.watermark`), which carries the
 same message where the badge is cropped away or covered: on by default, and always on for
 avatars that require the badge.
 """
@@ -95,7 +95,7 @@ class Compositor:
         config: compose options (validated here).
         resolution: side of the square frames it will receive.
         badge_required: the avatar demands the badge (the shipped demo); overrides config.badge.
-        watermark: the avatar's invisible mark, added last (`streamer.watermark.watermark_for`).
+        watermark: the avatar's invisible mark, added last (`streamer.provenance.watermark.watermark_for`).
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """`avatarcam bench`: the live pipeline's latency and throughput on a real driving video.
 
-**pipeline** (the default, and what the service does): the real `streamer.session.AvatarSession`
+**pipeline** (the default, and what the service does): the real `streamer.pipeline.session.AvatarSession`
 with a file source paced as a 640x480 camera on absolute deadlines, and an encoding sink (VP8 or
 H.264, as a WebRTC peer's encoder; `--peer` adds a real aiortc peer over loopback). Tracking and
 rendering overlap generation in the session's two threads, with latest-frame slots between the
@@ -428,7 +428,7 @@ def run_sequential(options: BenchOptions, avatar: Avatar, layers: list[Layers]) 
 
 
 def camera_costs(layers: list[Layers], avatar: Avatar) -> dict[str, dict[str, Any]]:
-    """Per webcam size: ms per frame of the virtual camera's framing (`streamer.framing`) with
+    """Per webcam size: ms per frame of the virtual camera's framing (`streamer.stages.framing`) with
     each resampler (bicubic, the default; Lanczos; bilinear, the baseline), on the same frames."""
     from streamer.provenance.identity import maybe_watermark
     from streamer.stages.framing import CameraSize, Framer, FramingConfig, Resampler

@@ -3,9 +3,9 @@
 The driver goes through the live path (`tracking.live.LiveDriver`: tracking, One Euro
 smoothing, retargeting through the avatar's expression model) after a neutral calibration
 from the driver's most neutral frame in its first seconds, or a frame the user names. Every
-output frame carries the visible "synthetic" badge (`streamer.compose.Compositor`) and the
-invisible watermark (`streamer.watermark`), and the file a signed C2PA manifest
-(`streamer.credentials`) naming the avatar's subject and consent. The output has the driver's
+output frame carries the visible "synthetic" badge (`streamer.stages.compose.Compositor`) and the
+invisible watermark (`streamer.provenance.watermark`), and the file a signed C2PA manifest
+(`streamer.provenance.credentials`) naming the avatar's subject and consent. The output has the driver's
 frame count and frame rate; the driver's audio is copied into it (re-encoded to AAC only when
 MP4 cannot carry its codec).
 """
