@@ -1,5 +1,10 @@
-"""The demo-identity policy: which avatar is the shipped demo's (it is always badged and
-watermarked), and whether an avatar may be published unmarked.
+"""The demo-identity policy: which avatar is the shipped demo's (it is always badged,
+watermarked and signed), and whether an avatar may be published unmarked.
+
+An avatar file is the demo's when its tensors are (`tensors_digest`: a SHA-256 over the weights,
+whatever its header says, so editing the identity JSON does not make it someone else's) or when
+its identity record is (a student distilled from it keeps the record). Every refusal
+(`refuse_undisclosed`) and every forced badge and mark derives from `is_demo_avatar`.
 
 The demo's files live in `assets/demo/` with their sources and licenses in
 `assets/demo/NOTICE.md`."""
@@ -7,7 +12,9 @@ The demo's files live in `assets/demo/` with their sources and licenses in
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,40 @@ DEMO_CLIP = ASSETS / "driver.mp4"
 
 
 class WatermarkRequired(ValueError):
-    """The watermark was turned off for an avatar that must always carry it."""
+    """The watermark (or another disclosure) was turned off for an avatar that must always carry it."""
+
+
+STUDENT_PREFIX = "student/"  # a distilled student added to a file (`models.avatar.add_student`)
+
+HEADER_LIMIT = 100 << 20  # bytes: safetensors' own bound on a header
+
+
+def tensors_digest(path: Path) -> str:
+    """SHA-256 (hex) over an avatar file's tensors (names, dtypes, shapes and bytes), its header
+    metadata and any distilled student left out. Reads the safetensors layout directly: no torch."""
+    with path.open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        if not 2 <= size <= HEADER_LIMIT:
+            raise ValueError(f"{path}: not a safetensors file")
+        header = json.loads(f.read(size))
+        start = 8 + size
+        digest = hashlib.sha256()
+        for name in sorted(k for k in header if k != "__metadata__" and not k.startswith(STUDENT_PREFIX)):
+            entry = header[name]
+            begin, end = (int(x) for x in entry["data_offsets"])
+            digest.update(json.dumps([name, entry["dtype"], entry["shape"], end - begin]).encode())
+            f.seek(start + begin)
+            digest.update(f.read(end - begin))
+    return digest.hexdigest()
+
+
+@functools.cache
+def _demo_tensors() -> str | None:
+    """The tensors digest of the shipped demo avatar (None when its file is absent)."""
+    try:
+        return tensors_digest(DEMO_AVATAR)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 @functools.cache
@@ -36,6 +76,36 @@ def _demo_digest() -> int | None:
 def is_demo_identity(identity: Any) -> bool:
     """Whether this identity record is the shipped demo avatar's (a copy or a student of it too)."""
     return identity_digest(identity) == _demo_digest()
+
+
+def is_demo_avatar(path: Path) -> bool:
+    """Whether the avatar file is the shipped demo's: its tensors, or its identity record.
+
+    A file that cannot be read as safetensors is not the demo (its loader refuses it anyway)."""
+    from models.avatar import AvatarError, read_header
+
+    try:
+        if _demo_tensors() is not None and tensors_digest(path) == _demo_tensors():
+            return True
+        return is_demo_identity(json.loads(read_header(path)["identity"]))
+    except (OSError, ValueError, KeyError, TypeError, AvatarError):
+        return False
+
+
+def refuse_undisclosed(path: Path, *, badge: bool = True, watermark: bool = True, credentials: bool = True) -> None:
+    """Raise WatermarkRequired when a disclosure is turned off (False) for the shipped demo avatar."""
+    off = [
+        (flag, what)
+        for flag, what, on in (
+            ("--no-badge", "badged", badge),
+            ("--no-watermark", "watermarked", watermark),
+            ("--no-credentials", "signed", credentials),
+        )
+        if not on
+    ]
+    if off and is_demo_avatar(path):
+        flag, what = off[0]
+        raise WatermarkRequired(f"the shipped demo avatar is always {what}: {flag} is only for your own avatar")
 
 
 def maybe_watermark(identity: Any, *, enabled: bool = True, required: bool = False) -> Watermarker | None:

@@ -455,7 +455,7 @@ class Service:
             "resolution": entry.resolution,
             "token_required": self.config.token is not None,
             "watermark": (
-                self.config.compose.watermark or self.config.badge_required or is_demo_identity(entry.avatar.identity)
+                self.config.compose.watermark or entry.badge_required or is_demo_identity(entry.avatar.identity)
             ),
             "admission": self.config.admission,
             "capacity": self.capacity.info(len(self.sessions()), len(self.peers)),
