@@ -29,6 +29,9 @@ class WatermarkRequired(ValueError):
     """The watermark (or another disclosure) was turned off for an avatar that must always carry it."""
 
 
+IDENTITY_FIELDS = ("subject", "consent", "source_sha256", "preset", "steps")
+"""What the mark's digest and a recording's content credentials are made of (not the metrics)."""
+
 STUDENT_PREFIX = "student/"  # a distilled student added to a file (`models.avatar.add_student`)
 
 HEADER_LIMIT = 100 << 20  # bytes: safetensors' own bound on a header
@@ -123,3 +126,21 @@ def refuse_unmarked(identity: Any, *, required: bool = False) -> None:
     """Raise WatermarkRequired when this avatar may not be published unmarked (for --no-watermark)."""
     if required or is_demo_identity(identity):
         raise WatermarkRequired("the shipped demo avatar is always watermarked: --no-watermark is only for your own")
+
+
+def public_identity(identity: Any) -> dict[str, Any]:
+    """The identity record's `IDENTITY_FIELDS`: what a client (connect) needs to sign a recording
+    of the avatar with the same digest as its mark."""
+    fields = identity if isinstance(identity, dict) else identity.__dict__
+    return {k: fields[k] for k in IDENTITY_FIELDS}
+
+
+def identity_record(value: Any) -> dict[str, Any] | None:
+    """An identity record received from elsewhere (a server's /api/info), checked field by field;
+    None when it is not one."""
+    if not isinstance(value, dict) or not all(k in value for k in IDENTITY_FIELDS):
+        return None
+    record = public_identity(value)
+    texts = all(isinstance(record[k], str) for k in IDENTITY_FIELDS if k != "steps")
+    steps = record["steps"]
+    return record if texts and isinstance(steps, int) and not isinstance(steps, bool) else None
