@@ -24,14 +24,14 @@ import pytest
 import pyvirtualcam
 
 import avatarcam_cli
-from streamer.connect.client import Client, connect
+from streamer.connect.client import Client, connect, disclosure
 from streamer.connect.config import ConnectConfig
 from streamer.connect.stats import ConnectStats
 from streamer.core import stamp
 from streamer.core.frames import Frame
 from streamer.provenance.detect import avatar_digest, detect
 from streamer.provenance.identity import DEMO_AVATAR
-from streamer.provenance.watermark import read_frame
+from streamer.provenance.watermark import identity_digest, read_frame
 from streamer.sinks import parse_sink
 from streamer.sinks.base import SinkSpec
 from streamer.sinks.window import display_problem
@@ -162,6 +162,24 @@ def test_parse_sink_takes_the_service_sinks_and_window() -> None:
         "file:o.mp4",
         "null",
     ]
+
+
+def test_disclosure_takes_the_servers_payload_and_only_a_matching_well_formed_identity() -> None:
+    identity = {"subject": "me", "consent": "mine", "source_sha256": "ab" * 32, "preset": "tiny", "steps": 3}
+    digest = f"{identity_digest(identity):08x}"
+    mark, signed = disclosure({"watermark": True, "watermark_digest": digest, "identity": {**identity, "metrics": {}}})
+    assert mark is not None and f"{mark.digest:08x}" == digest and signed == identity
+    assert disclosure({"watermark": False, "watermark_digest": None, "identity": identity}) == (None, identity)
+    other = {**identity, "consent": "not theirs"}
+    assert disclosure({"watermark_digest": digest, "identity": other})[1] is None  # does not match the mark
+    hostile: list[dict[str, Any]] = [
+        {"watermark_digest": 7, "identity": "me"},
+        {"watermark_digest": "zz" * 4, "identity": {**identity, "steps": "3"}},
+        {"watermark_digest": digest * 2, "identity": {**identity, "subject": None}},
+        {"watermark_digest": ["ab"], "identity": [identity]},
+    ]
+    for info in hostile:
+        assert disclosure(info) == (None, None), info
 
 
 # ---- a real server ----------------------------------------------------------------------------------
