@@ -16,7 +16,7 @@ import hashlib
 import json
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from streamer.provenance.watermark import Watermarker, identity_digest
 
@@ -34,26 +34,40 @@ IDENTITY_FIELDS = ("subject", "consent", "source_sha256", "preset", "steps")
 
 STUDENT_PREFIX = "student/"  # a distilled student added to a file (`models.avatar.add_student`)
 
-HEADER_LIMIT = 100 << 20  # bytes: safetensors' own bound on a header
+HEADER_LIMIT = 100_000_000  # bytes: safetensors' own bound on a header
+
+
+def _tensor_table(f: BinaryIO) -> tuple[int, dict[str, Any]]:
+    """(where the data starts, the tensors' entries without any student) of an open safetensors file."""
+    (size,) = struct.unpack("<Q", f.read(8))
+    if not 2 <= size <= HEADER_LIMIT:
+        raise ValueError("not a safetensors file")
+    header = json.loads(f.read(size))
+    tensors = {k: v for k, v in header.items() if k != "__metadata__" and not k.startswith(STUDENT_PREFIX)}
+    return 8 + size, tensors
+
+
+def _layout(tensors: dict[str, Any]) -> list[Any]:
+    return [[name, tensors[name]["dtype"], tensors[name]["shape"]] for name in sorted(tensors)]
 
 
 def tensors_digest(path: Path) -> str:
     """SHA-256 (hex) over an avatar file's tensors (names, dtypes, shapes and bytes), its header
     metadata and any distilled student left out. Reads the safetensors layout directly: no torch."""
     with path.open("rb") as f:
-        (size,) = struct.unpack("<Q", f.read(8))
-        if not 2 <= size <= HEADER_LIMIT:
-            raise ValueError(f"{path}: not a safetensors file")
-        header = json.loads(f.read(size))
-        start = 8 + size
-        digest = hashlib.sha256()
-        for name in sorted(k for k in header if k != "__metadata__" and not k.startswith(STUDENT_PREFIX)):
-            entry = header[name]
-            begin, end = (int(x) for x in entry["data_offsets"])
-            digest.update(json.dumps([name, entry["dtype"], entry["shape"], end - begin]).encode())
+        start, tensors = _tensor_table(f)
+        digest = hashlib.sha256(json.dumps(_layout(tensors)).encode())
+        for name in sorted(tensors):
+            begin, end = (int(x) for x in tensors[name]["data_offsets"])
             f.seek(start + begin)
             digest.update(f.read(end - begin))
     return digest.hexdigest()
+
+
+def _same_layout(path: Path, other: Path) -> bool:
+    """Whether two files hold tensors of the same names, dtypes and shapes (cheap: headers only)."""
+    with path.open("rb") as a, other.open("rb") as b:
+        return _layout(_tensor_table(a)[1]) == _layout(_tensor_table(b)[1])
 
 
 @functools.cache
@@ -88,7 +102,8 @@ def is_demo_avatar(path: Path) -> bool:
     from models.avatar import AvatarError, read_header
 
     try:
-        if _demo_tensors() is not None and tensors_digest(path) == _demo_tensors():
+        demo = _demo_tensors()
+        if demo is not None and _same_layout(path, DEMO_AVATAR) and tensors_digest(path) == demo:
             return True
         return is_demo_identity(json.loads(read_header(path)["identity"]))
     except (OSError, ValueError, KeyError, TypeError, AvatarError):
