@@ -295,8 +295,7 @@ def _serve_config(args: argparse.Namespace) -> ServeConfig:
     from streamer.sources import parse_source
     from streamer.stages.compose import ComposeConfig
 
-    if args.no_watermark:
-        _refuse_unmarked(args.avatar)
+    _refuse_undisclosed(args.avatar, badge=not args.no_badge, watermark=not args.no_watermark)
     compose = ComposeConfig(
         Background(args.background), args.background_image, badge=not args.no_badge, watermark=not args.no_watermark
     )
@@ -338,14 +337,13 @@ def _framing(args: argparse.Namespace) -> FramingConfig:
     return FramingConfig(size=size, zoom=args.camera_zoom, resampler=Resampler(args.camera_resampler))
 
 
-def _refuse_unmarked(paths: Sequence[Path]) -> None:
-    """--no-watermark is for a user's own avatars, never the shipped demo's (ValueError otherwise)."""
-    from models.avatar import read_header
-    from streamer.provenance.identity import refuse_unmarked
+def _refuse_undisclosed(paths: Sequence[Path], *, badge: bool, watermark: bool) -> None:
+    """--no-badge and --no-watermark are for a user's own avatars, never the shipped demo's, by its
+    tensors (ValueError otherwise)."""
+    from streamer.provenance.identity import refuse_undisclosed
 
     for path in paths:
-        if path.is_file():
-            refuse_unmarked(json.loads(read_header(path)["identity"]))
+        refuse_undisclosed(path, badge=badge, watermark=watermark)
 
 
 def _resolved(build: Callable[[argparse.Namespace], ServeConfig], args: argparse.Namespace) -> ServeConfig:

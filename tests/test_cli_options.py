@@ -48,6 +48,20 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return configs
 
 
+@pytest.fixture(scope="module")
+def own_avatar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An avatar that is not the demo's (its identity and a weight differ): one that may go unbadged."""
+    data = bytearray(DEMO_AVATAR.read_bytes())
+    at = data.index(b"cap12: the man") + len(b"cap1")
+    data[at] = ord("9")
+    size = int.from_bytes(data[:8], "little")
+    texture = json.loads(data[8 : 8 + size])["static/texture"]["data_offsets"][0]
+    data[8 + size + texture] ^= 0x01  # a weight of the neural texture
+    path = tmp_path_factory.mktemp("own") / "own.avatar"
+    path.write_bytes(bytes(data))
+    return path
+
+
 def _toml(path: Path, text: str, mode: int = 0o600) -> Path:
     path.write_text(text)
     path.chmod(mode)
@@ -70,14 +84,14 @@ def _one_error(capsys: pytest.CaptureFixture[str]) -> str:
 # ---- --config FILE ------------------------------------------------------------------------------
 
 
-def test_config_file_fills_serve_config(tmp_path: Path, started: list[Any]) -> None:
+def test_config_file_fills_serve_config(tmp_path: Path, started: list[Any], own_avatar: Path) -> None:
     """Every kind of option from the file: positional, int, parsed size, repeatable, switch,
     choice, an inverted switch and a nested compose field."""
     out = tmp_path / "out.mp4"
     config_file = _toml(
         tmp_path / "serve.toml",
         f"""
-avatar = [{str(DEMO_AVATAR)!r}]
+avatar = [{str(own_avatar)!r}]
 source = "file:{DEMO_CLIP}"
 port = 8090
 camera-size = "640x480"
@@ -92,7 +106,7 @@ admission = "limit"
 """,
     )
     config = _serve(["serve", "--config", str(config_file)], started)
-    assert config.avatars == (DEMO_AVATAR,) and str(config.source) == f"file:{DEMO_CLIP}"
+    assert config.avatars == (own_avatar,) and str(config.source) == f"file:{DEMO_CLIP}"
     assert config.port == 8090 and config.max_sessions == 3 and config.admission == "limit"
     assert config.framing.size == CameraSize(640, 480) and config.framing.zoom == 0.75
     assert config.sinks == (SinkSpec("null"), SinkSpec("file", str(out)))
@@ -168,7 +182,7 @@ DRY_RUNS: dict[str, tuple[list[str], str, Any]] = {  # command: (arguments, a ke
     "demo": (["--port", "8091"], "port", 8091),
     "connect": (["http://127.0.0.1:9/", "--video", D, "--sink", "null"], "sinks", ["null"]),
     "bench": ([A, "--video", D, "--frames", "7"], "frames", 7),
-    "reenact": ([A, D, "-o", "{tmp}/o.mp4", "--no-watermark"], "watermark", False),
+    "reenact": (["{own}", D, "-o", "{tmp}/o.mp4", "--no-watermark"], "watermark", False),  # refused for the demo
     "evaluate": ([A, "--video", D, "-o", "{tmp}/r", "--region", "full"], "regions", ["full"]),
     "export": (
         ["{tmp}/run", "-o", "{tmp}/a.avatar", "--data", "{tmp}", "--subject", "me", "--consent", "yes"],
@@ -193,10 +207,11 @@ def test_every_command_has_config_and_dry_run() -> None:
 
 @pytest.mark.parametrize("command", sorted(DRY_RUNS))
 def test_dry_run_prints_the_resolved_config_as_json_and_starts_nothing(
-    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], started: list[Any]
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], started: list[Any], own_avatar: Path
 ) -> None:
     arguments, key, value = DRY_RUNS[command]
-    assert main([command, *(a.replace("{tmp}", str(tmp_path)) for a in arguments), "--dry-run"]) == 0
+    arguments = [a.replace("{tmp}", str(tmp_path)).replace("{own}", str(own_avatar)) for a in arguments]
+    assert main([command, *arguments, "--dry-run"]) == 0
     printed = json.loads(capsys.readouterr().out)
     if isinstance(value, dict):
         assert value.items() <= printed[key].items()

@@ -24,11 +24,14 @@ import pytest
 import pyvirtualcam
 
 import avatarcam_cli
-from streamer.connect.client import Client, connect
+from streamer.connect.client import Client, connect, disclosure
 from streamer.connect.config import ConnectConfig
 from streamer.connect.stats import ConnectStats
 from streamer.core import stamp
 from streamer.core.frames import Frame
+from streamer.provenance.detect import avatar_digest, detect
+from streamer.provenance.identity import DEMO_AVATAR
+from streamer.provenance.watermark import identity_digest, read_frame
 from streamer.sinks import parse_sink
 from streamer.sinks.base import SinkSpec
 from streamer.sinks.window import display_problem
@@ -99,6 +102,28 @@ def recording_camera() -> Iterator[str]:
     del pyvirtualcam.camera.BACKENDS["connect-recording"]
 
 
+class MarkReadingCamera(RecordingCamera):
+    """Also reads the watermark off every picture it is handed, as `avatarcam detect` reads one
+    frame (the digest, None where no mark is found)."""
+
+    digests: ClassVar[list[int | None]] = []
+
+    def send(self, frame: np.ndarray) -> None:
+        super().send(frame)
+        width, height = RecordingCamera.formats[-1]
+        reading = read_frame(np.ascontiguousarray(frame).reshape(height, width, 3))  # pyvirtualcam hands it flat
+        MarkReadingCamera.digests.append(reading.digest if reading.found else None)
+
+
+@pytest.fixture
+def mark_reading_camera() -> Iterator[str]:
+    pyvirtualcam.register_backend("connect-marks", MarkReadingCamera)
+    RecordingCamera.frames.clear()
+    MarkReadingCamera.digests.clear()
+    yield "connect-marks"
+    del pyvirtualcam.camera.BACKENDS["connect-marks"]
+
+
 def _config(url: str, video: Path, **changes: Any) -> ConnectConfig:
     base = ConnectConfig(url=url, camera=None, video=video, loop=True, sinks=(SinkSpec("null"),), report_every=0)
     return replace(base, **changes)
@@ -137,6 +162,24 @@ def test_parse_sink_takes_the_service_sinks_and_window() -> None:
         "file:o.mp4",
         "null",
     ]
+
+
+def test_disclosure_takes_the_servers_payload_and_only_a_matching_well_formed_identity() -> None:
+    identity = {"subject": "me", "consent": "mine", "source_sha256": "ab" * 32, "preset": "tiny", "steps": 3}
+    digest = f"{identity_digest(identity):08x}"
+    mark, signed = disclosure({"watermark": True, "watermark_digest": digest, "identity": {**identity, "metrics": {}}})
+    assert mark is not None and f"{mark.digest:08x}" == digest and signed == identity
+    assert disclosure({"watermark": False, "watermark_digest": None, "identity": identity}) == (None, identity)
+    other = {**identity, "consent": "not theirs"}
+    assert disclosure({"watermark_digest": digest, "identity": other})[1] is None  # does not match the mark
+    hostile: list[dict[str, Any]] = [
+        {"watermark_digest": 7, "identity": "me"},
+        {"watermark_digest": "zz" * 4, "identity": {**identity, "steps": "3"}},
+        {"watermark_digest": digest * 2, "identity": {**identity, "subject": None}},
+        {"watermark_digest": ["ab"], "identity": [identity]},
+    ]
+    for info in hostile:
+        assert disclosure(info) == (None, None), info
 
 
 # ---- a real server ----------------------------------------------------------------------------------
@@ -180,6 +223,43 @@ def test_virtual_camera_through_a_registered_backend(
     assert report["frames_received"] >= 10 and len(RecordingCamera.frames) >= 10
     assert all(size == width * height * 3 for _, size in RecordingCamera.frames)  # pyvirtualcam checked RGB
     assert report["glass_ms"] is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not DEMO_AVATAR.is_file(), reason="the demo avatar is not in this checkout")
+def test_connect_marks_its_camera_and_signs_its_recording(
+    driver_video: Path,
+    mark_reading_camera: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 24, point 10: the avatar comes back through VP8 at 1 Mbps; connect embeds the mark again
+    at the size each sink writes, so detection finds it in >= 99% of the virtual camera's pictures
+    (cards included) and of the mp4's frames, and the mp4 carries a valid manifest."""
+    pytest.importorskip("c2pa", reason="content credentials need c2pa-python (make setup installs it)")
+    monkeypatch.setenv("AVATARCAM_HOME", str(tmp_path / "home"))  # a fresh local signing key
+    out = tmp_path / "out.mp4"
+    sinks = (SinkSpec("virtualcam"), SinkSpec("file", str(out)))
+    # The demo's 256 px: a 64 px frame is one tile of the mark, too little to read it from alone.
+    server = LiveService([*_serve_args(DEMO_AVATAR), "--backend", "onnx"])
+    try:
+        config = _config(server.url, driver_video, sinks=sinks, virtualcam_backend=mark_reading_camera, seconds=4)
+        assert config.codec == "vp8" and config.bitrate == 1_000_000
+        report = asyncio.run(connect(config))
+    finally:
+        server.stop(timeout=180)
+    expected = avatar_digest(DEMO_AVATAR)
+
+    pictures = MarkReadingCamera.digests
+    marked = sum(d == expected for d in pictures)
+    assert len(pictures) >= 60 and marked >= 0.99 * len(pictures), (marked, len(pictures), report["card_frames"])
+    recording = detect(out, DEMO_AVATAR)
+    assert recording["frames"] >= 30 and recording["frames_marked"] >= 0.99 * recording["frames"], recording
+    assert recording["avatar"]["match"]
+    credentials = recording["credentials"]
+    assert credentials["present"] and credentials["intact"] and credentials["generated"], credentials
+    assert credentials["matches_watermark"] and credentials["subject"].startswith("cap12")
+    assert report["watermark"] == f"{expected:08x}"
 
 
 @pytest.mark.slow

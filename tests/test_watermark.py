@@ -144,6 +144,42 @@ def test_no_watermark_is_refused_for_the_demo_avatar(capsys: pytest.CaptureFixtu
     assert "always watermarked" in capsys.readouterr().err
 
 
+def _demo_with_one_identity_character_changed(folder: Path) -> Path:
+    """A byte-for-byte copy of the demo avatar whose identity JSON differs in one character
+    (same length, so the safetensors layout and every tensor are untouched)."""
+    data = bytearray(DEMO.read_bytes())
+    at = data.index(b"cap12: the man") + len(b"cap1")
+    data[at] = ord("9")
+    edited = folder / "mine.avatar"
+    edited.write_bytes(bytes(data))
+    assert json.loads(read_header(edited)["identity"])["subject"].startswith("cap19: the man")
+    return edited
+
+
+@pytest.mark.skipif(not DEMO.is_file(), reason="the demo avatar is not in this checkout")
+def test_demo_disclosures_are_refused_off_by_its_tensors_not_its_header(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Issue 24, point 11: --no-badge on the demo, --no-watermark on the demo with an edited
+    identity, and reenact --no-credentials of the demo are each one line and exit code 2."""
+    from streamer.pipeline.session import AvatarEntry
+
+    edited = _demo_with_one_identity_character_changed(tmp_path)
+    driver = shared_video("drv_aoc_512.mp4")
+    refused = {
+        "always badged": ["serve", str(DEMO), "--no-badge"],
+        "always watermarked": ["serve", str(edited), "--no-watermark"],
+        "always signed": ["reenact", str(DEMO), str(driver), "-o", str(tmp_path / "o.mp4"), "--no-credentials"],
+    }
+    for message, args in refused.items():
+        assert main([*args, "--dry-run"]) == 2, args  # refused at the edge, before any work
+        errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("avatarcam: error:")]
+        assert len(errors) == 1 and message in errors[0], (args, errors)
+    assert main(["serve", str(edited), "--no-badge", "--dry-run"]) == 2
+    assert "always badged" in capsys.readouterr().err
+    assert AvatarEntry.load(edited).badge_required  # served as a library too: badged and marked
+
+
 def _write(path: Path, frames: list[U8], codec: str = "libvpx", bitrate: int = 1_000_000) -> Path:
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec, rate=25)

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import ssl
 import sys
@@ -23,6 +24,8 @@ from streamer.connect.stats import WINDOW, ConnectStats, figures
 from streamer.core.clock import Clock, MonotonicClock, Pacer
 from streamer.core.frames import U8, Frame
 from streamer.core.rtc import set_bitrate
+from streamer.provenance.identity import identity_record
+from streamer.provenance.watermark import Watermarker, identity_digest
 from streamer.sinks import open_sink
 from streamer.sinks.base import Sink, SinkContext
 from streamer.sinks.virtualcam import VirtualCamSink
@@ -62,6 +65,23 @@ class _ScaledSource:
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
+def disclosure(info: dict[str, Any]) -> tuple[Watermarker | None, dict[str, Any] | None]:
+    """What connect re-embeds and signs, from the server's /api/info: the mark with the payload the
+    server's frames carry (None when it publishes them unmarked), and the identity record a
+    recording's content credentials name (None when the server gives none, or one that does not
+    match the payload). The mark does not survive the rescale to camera size or a second codec,
+    so the sinks embed it again at the size they write."""
+    digest = info.get("watermark_digest")
+    mark = Watermarker(int(digest, 16)) if isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{8}", digest) else None
+    if mark is None and info.get("watermark"):
+        log.warning("connect: the server marks its frames but does not say with what; they go on unmarked")
+    identity = identity_record(info.get("identity"))
+    if identity is not None and mark is not None and identity_digest(identity) != mark.digest:
+        log.warning("connect: the server's identity record does not match its mark; recordings go unsigned")
+        identity = None
+    return mark, identity
+
+
 class Client:
     """The connect client: `startup()`, `main_loop()` until `should_exit` (or --seconds),
     `shutdown()` returns the final report."""
@@ -74,6 +94,7 @@ class Client:
         self.state = "connecting"
         self.link: Link | None = None
         self.info: dict[str, Any] = {}
+        self.watermark: Watermarker | None = None
         self.sinks: list[Sink] = []
         self.source: Source | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -90,10 +111,13 @@ class Client:
         )
         self.info = await probe(self._http, config)
         set_bitrate(config.bitrate)
+        self.watermark, identity = disclosure(self.info)
         context = SinkContext(
             self.clock,
             config.fps,
             virtualcam_backend=config.virtualcam_backend,
+            identity=(lambda: identity) if identity is not None else None,
+            watermark=self.watermark,
             title=f"avatarcam: {config.base}",
             on_quit=self.should_exit.set,
         )
@@ -175,6 +199,7 @@ class Client:
             "source": self.source.name if self.source is not None else None,
             "sinks": [str(s) for s in self.config.sinks],
             "resolution": self.info.get("resolution"),
+            "watermark": f"{self.watermark.digest:08x}" if self.watermark is not None else None,
             **self.stats.report(sink_dropped),
         }
 

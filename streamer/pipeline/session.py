@@ -29,7 +29,7 @@ from streamer.core.metrics import Metrics, SessionStats
 from streamer.core.queues import Closed, DropQueue
 from streamer.pipeline.engine_pool import EnginePool, SharedEngine
 from streamer.pipeline.idle import IdleConfig, IdleDriver
-from streamer.provenance.identity import maybe_watermark
+from streamer.provenance.identity import is_demo_avatar, maybe_watermark
 from streamer.sinks.base import Sink
 from streamer.sources.base import Source, SourceEnded
 from streamer.stages.compose import ComposeConfig, Compositor
@@ -50,7 +50,8 @@ class AvatarEntry:
         name: short name (the file's stem), used by the control API.
         path: the .avatar file.
         avatar: the loaded avatar.
-        badge_required: frames of this avatar always carry the synthetic badge (the shipped demo).
+        badge_required: frames of this avatar always carry the synthetic badge and the mark (the
+            shipped demo: `load` sets it for the demo's tensors whatever the caller says).
     """
 
     name: str
@@ -60,7 +61,7 @@ class AvatarEntry:
 
     @classmethod
     def load(cls, path: Path, *, badge_required: bool = False, device: str = "cpu") -> AvatarEntry:
-        return cls(path.stem, path, load_avatar(path, device), badge_required)
+        return cls(path.stem, path, load_avatar(path, device), badge_required or is_demo_avatar(path))
 
     @property
     def resolution(self) -> int:

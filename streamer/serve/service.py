@@ -24,7 +24,8 @@ from streamer.core.metrics import Metrics
 from streamer.core.rtc import CODECS, ice_configuration, prefer_codec, set_bitrate, tolerate_closed_connects
 from streamer.pipeline.engine_pool import EnginePool
 from streamer.pipeline.session import AvatarEntry, AvatarSession, SessionConfig
-from streamer.provenance.identity import is_demo_identity
+from streamer.provenance.identity import is_demo_identity, public_identity
+from streamer.provenance.watermark import identity_digest
 from streamer.serve.capacity import Capacity, time_encoder
 from streamer.serve.config import ServeConfig
 from streamer.serve.peers import Peer, close_connection
@@ -446,17 +447,21 @@ class Service:
         return {**self.snapshot(), "history": list(self.history), "history_seconds": self.history.seconds}
 
     def info(self) -> dict[str, Any]:
+        """What any viewer may read about the service; `identity` and `watermark_digest` (the
+        mark's payload, None when unmarked) let `connect` re-embed the mark and sign recordings."""
         entry = self.default_avatar
+        identity = entry.avatar.identity
+        marked = self.config.compose.watermark or entry.badge_required or is_demo_identity(identity)
         return {
             "source": str(self.config.source),
             "avatar": entry.name,
             "avatars": sorted(self.avatars),
-            "subject": entry.avatar.identity.subject,
+            "subject": identity.subject,
             "resolution": entry.resolution,
             "token_required": self.config.token is not None,
-            "watermark": (
-                self.config.compose.watermark or self.config.badge_required or is_demo_identity(entry.avatar.identity)
-            ),
+            "watermark": marked,
+            "watermark_digest": f"{identity_digest(identity):08x}" if marked else None,
+            "identity": public_identity(identity),
             "admission": self.config.admission,
             "capacity": self.capacity.info(len(self.sessions()), len(self.peers)),
             "engines": self.engines.users(),

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streamer.core.clock import Clock
-from streamer.core.frames import Frame
+from streamer.core.frames import Frame, Mark
 from streamer.core.queues import Closed, DropQueue
 from streamer.stages.framing import FramingConfig
 
@@ -59,6 +59,10 @@ class SinkContext:
         virtualcam_backend: a pyvirtualcam backend name (None: the platform's).
         identity: returns the identity record a recording's content credentials name (None:
             recordings are not signed).
+        watermark: the avatar's mark for what the sink makes from frames that carry none (no
+            `Layers`: connect's, received over WebRTC), embedded at the size the sink writes
+            (the mark does not survive a rescale), and for its status cards. None: frames are
+            published as they come (the service's own frames carry their mark in their layers).
         title: a window's title.
         on_quit: called (on the event loop) when the user closes a window.
     """
@@ -68,6 +72,7 @@ class SinkContext:
     framing: FramingConfig = field(default_factory=FramingConfig)
     virtualcam_backend: str | None = None
     identity: Callable[[], Any] | None = None
+    watermark: Mark | None = None
     title: str = "avatarcam"
     on_quit: Callable[[], None] | None = None
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from streamer.core.clock import Clock
-from streamer.core.frames import Frame
+from streamer.core.frames import Frame, Mark
 from streamer.sinks.base import QueuedSink, SinkContext, SinkError
 
 log = logging.getLogger(__name__)
@@ -21,14 +21,15 @@ class FileSink(QueuedSink):
     With `identity` (returns the avatar's identity record; asked for when the recording is
     signed) the recording goes to `NAME.recording.mp4` first and, when the sink closes, lands at
     `path` with a signed C2PA manifest naming the avatar's subject and consent
-    (`streamer.provenance.credentials`; the local key unless `signing_key`).
+    (`streamer.provenance.credentials`; the local key unless `signing_key`). With `watermark`,
+    frames that carry no layers (connect's) get the mark again at the size written.
     """
 
     name = "file"
 
     @classmethod
     def open(cls, target: str, context: SinkContext) -> FileSink:
-        return cls(Path(target), context.clock, context.fps, identity=context.identity)
+        return cls(Path(target), context.clock, context.fps, identity=context.identity, watermark=context.watermark)
 
     def __init__(
         self,
@@ -38,6 +39,7 @@ class FileSink(QueuedSink):
         *,
         identity: Callable[[], Any] | None = None,
         signing_key: Any = None,
+        watermark: Mark | None = None,
     ) -> None:
         super().__init__(clock)
         if not path.parent.is_dir():
@@ -46,6 +48,7 @@ class FileSink(QueuedSink):
         self.fps = fps
         self.identity = identity
         self.signing_key = signing_key
+        self.watermark = watermark
         if identity is not None:
             from streamer.provenance.credentials import CredentialsError, local_key
 
@@ -79,7 +82,10 @@ class FileSink(QueuedSink):
             self._stream = stream
             self._t0 = frame.captured
         assert self._t0 is not None
-        video_frame = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
+        image = frame.image
+        if self.watermark is not None and frame.layers is None:
+            image = self.watermark(image)  # a received frame: its mark is worn by the codec it came through
+        video_frame = av.VideoFrame.from_ndarray(image, format="rgb24")
         pts = max(round((frame.captured - self._t0) * 1000), self._last_pts + 1)
         video_frame.pts, video_frame.time_base = pts, Fraction(1, 1000)
         self._last_pts = pts

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from streamer.core.clock import Clock, Pacer
-from streamer.core.frames import U8, Background, Frame, Layers
+from streamer.core.frames import U8, Background, Frame, Layers, Mark
 from streamer.sinks.base import Report, SinkContext, SinkError
 from streamer.stages.card import card
 from streamer.stages.framing import Framer, FramingConfig
@@ -36,7 +36,9 @@ class VirtualCamSink:
     avatar loads), then each new avatar frame framed into the camera picture (`Framer`: 16:9
     by default, background extended, badge and watermark at camera size), the last picture
     again on a tick without a new frame, and a "waiting" card when no frame has come for
-    `stale_seconds`. Framing and sending run in the sink's worker thread.
+    `stale_seconds`. Framing and sending run in the sink's worker thread. With `watermark`, a
+    frame without layers (connect's) is marked at camera size like the service's own, and so
+    is every card.
 
     Args:
         framing: the camera format and how the avatar fills it.
@@ -44,13 +46,14 @@ class VirtualCamSink:
         clock: where deadlines come from.
         backend: a pyvirtualcam backend name; None picks the platform's.
         stale_seconds: show the waiting card after this long without an avatar frame.
+        watermark: the mark for frames that carry none, and for the cards (None: cards unmarked).
     """
 
     name = "virtualcam"
 
     @classmethod
     def open(cls, target: str, context: SinkContext) -> VirtualCamSink:
-        sink = cls(context.framing, context.fps, context.clock, context.virtualcam_backend)
+        sink = cls(context.framing, context.fps, context.clock, context.virtualcam_backend, watermark=context.watermark)
         sink.start()  # the starting card from the first tick, while the avatar loads
         return sink
 
@@ -62,6 +65,7 @@ class VirtualCamSink:
         backend: str | None = None,
         *,
         stale_seconds: float = 2.0,
+        watermark: Mark | None = None,
     ) -> None:
         import pyvirtualcam
 
@@ -70,6 +74,7 @@ class VirtualCamSink:
         self.fps = fps
         self.clock = clock
         self.stale_seconds = stale_seconds
+        self.watermark = watermark
         self.report: Report | None = None
         self.sent = 0  # pictures handed to the device
         self.cards = 0  # of which status cards
@@ -116,17 +121,23 @@ class VirtualCamSink:
     def _render(self, frame: Frame | None, now: float) -> tuple[U8, bool]:
         """(the picture for this tick, whether it is a status card); in the worker thread."""
         if frame is not None:
-            layers = frame.layers or Layers(frame.image, _opaque(frame.image), Background.LEARNED, False, None)
+            layers = frame.layers or Layers(
+                frame.image, _opaque(frame.image), Background.LEARNED, False, self.watermark
+            )
             self._picture = self.framer(layers)
             self._last_frame_at = now
         if self._last_frame_at is None:
             title, line = self._status or ("avatarcam", "starting the avatar...")
-            return card(self.size, title, line, now - self._started_at), True
+            return self._card(title, line, now), True
         if now - self._last_frame_at > self.stale_seconds or self._picture is None:
             title, line = self._status or ("avatarcam", "waiting for the avatar...")
-            return card(self.size, title, line, now - self._started_at), True
+            return self._card(title, line, now), True
         self.repeated += frame is None
         return self._picture, False
+
+    def _card(self, title: str, line: str, now: float) -> U8:
+        picture = card(self.size, title, line, now - self._started_at)
+        return picture if self.watermark is None else self.watermark(picture, inplace=True)  # a new card each time
 
     def _deliver(self, frame: Frame | None, now: float) -> None:
         picture, is_card = self._render(frame, now)

@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from models.avatar import Avatar, load_avatar
 from models.engines import Engine, create_engine
+from streamer.provenance.identity import WatermarkRequired, refuse_undisclosed
 
 if TYPE_CHECKING:
     from streamer.stages.compose import Compositor
@@ -54,7 +55,7 @@ class ReenactOptions:
         max_frames: drive only the first N frames.
         crf: H.264 quality (lower is better, 18 is visually lossless).
         watermark: embed the invisible watermark (refused off for the shipped demo avatar).
-        credentials: sign a C2PA manifest into the mp4.
+        credentials: sign a C2PA manifest into the mp4 (refused off for the shipped demo avatar).
         c2pa_cert, c2pa_key: your own signing certificate chain and key (PEM); default: the
             local key generated into the cache.
     """
@@ -83,6 +84,10 @@ class ReenactOptions:
             raise ReenactError("--calibrate-seconds must be positive")
         if (self.c2pa_cert is None) != (self.c2pa_key is None):
             raise ReenactError("--c2pa-cert and --c2pa-key go together")
+        try:
+            refuse_undisclosed(self.avatar, watermark=self.watermark, credentials=self.credentials)
+        except WatermarkRequired as exc:
+            raise ReenactError(str(exc)) from None
 
 
 def _driver_view(rgb: U8, height: int) -> U8:
@@ -146,13 +151,8 @@ def drive_frames(
 def _disclosure(options: ReenactOptions, avatar: Avatar) -> tuple[Any, Any]:
     """(watermark or None, signing key or None), refused before any work when not allowed."""
     from streamer.provenance.credentials import CredentialsError, local_key, user_key
-    from streamer.provenance.identity import WatermarkRequired, maybe_watermark, refuse_unmarked
+    from streamer.provenance.identity import maybe_watermark
 
-    if not options.watermark:
-        try:
-            refuse_unmarked(avatar.identity)
-        except WatermarkRequired as exc:
-            raise ReenactError(str(exc)) from None
     key = None
     if options.credentials:
         try:
