@@ -190,7 +190,7 @@ const app = {
   pc: null,
   channel: null,
   session: null,
-  peer: null, // the server's id of this page's latest peer: a reconnect names it (options.replaces)
+  reconnect: null, // the secret of this page's latest peer: a reconnect sends it (options.replaces)
   attempt: 0,
   retryTimer: null,
   statsTimer: null,
@@ -311,16 +311,17 @@ async function connect() {
   const answer = await api("/offer", {
     sdp: pc.localDescription.sdp,
     type: pc.localDescription.type,
-    // A reconnect names the peer it replaces, and the server closes that one at once: a link that
-    // died on this side would otherwise hold its slot until the server's ICE gives up on it.
+    // A reconnect sends the secret of the peer it replaces, and the server closes that one once
+    // this offer is answered: a link that died on this side would otherwise hold its slot until
+    // the server's ICE gives up on it. The peer id alone is public and replaces nothing.
     options: {
       codec,
       stamp: app.mode === "camera",
       background: $("background").value,
-      replaces: app.peer ?? undefined,
+      replaces: app.reconnect ?? undefined,
     },
   });
-  app.peer = answer.peer ?? null;
+  app.reconnect = answer.reconnect ?? null;
   if (generation !== app.generation) return;
   app.session = answer.session;
   $("session").textContent = answer.session ?? "–";
