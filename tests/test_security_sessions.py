@@ -87,3 +87,32 @@ def test_a_replace_acts_only_once_the_new_offer_is_admitted_and_answered(tiny_av
     out = asyncio.run(scenario())
     assert out == {"junk": 400, "kept after junk": True, "good": 200, "old closed": True, "new open": True,
                    "rate limited": 429, "kept after 429": True}  # fmt: skip
+
+
+# ---- 5. --allowed-host requires a token ---------------------------------------------------------
+
+
+def test_an_allowed_host_requires_a_token(tiny_avatar: Path, driver_video: Path) -> None:
+    """A reverse proxy keeps the loopback bind, and every client comes through it: with
+    `--allowed-host` a token is generated (none given) and required, under any Host name."""
+    config = shared_config(tiny_avatar, driver_video, allowed_hosts=("avatar.example.org",))
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with running(config) as server, aiohttp.ClientSession() as http:
+            url, port, token = base_url(server), server.port, server.config.token
+            for host in (f"127.0.0.1:{port}", f"avatar.example.org:{port}"):
+                async with http.get(url + "api/info", headers={"Host": host}) as r:
+                    out[f"{host.split(':')[0]} without"] = r.status
+                async with http.get(url + "api/info", headers={"Host": host, "Authorization": f"Bearer {token}"}) as r:
+                    out[f"{host.split(':')[0]} with"] = r.status, (await r.json()).get("token_required")
+            out["token"] = token is not None
+        return out
+
+    assert asyncio.run(scenario()) == {
+        "127.0.0.1 without": 401,
+        "127.0.0.1 with": (200, True),
+        "avatar.example.org without": 401,
+        "avatar.example.org with": (200, True),
+        "token": True,
+    }

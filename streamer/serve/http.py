@@ -318,7 +318,8 @@ async def serve(config: ServeConfig) -> None:
         print(f"avatarcam: serving on {server.url}", flush=True)
         print(f"avatarcam: operator dashboard on {server.operator_url}", flush=True)
         if server.config.token and config.token is None:
-            print("avatarcam: bound beyond localhost; the token above is required", file=sys.stderr, flush=True)
+            why = "--allowed-host given" if config.loopback else "bound beyond localhost"
+            print(f"avatarcam: {why}; the token above is required", file=sys.stderr, flush=True)
         await server.main_loop()
     finally:
         await server.shutdown()
