@@ -116,3 +116,114 @@ def test_an_allowed_host_requires_a_token(tiny_avatar: Path, driver_video: Path)
         "avatar.example.org with": (200, True),
         "token": True,
     }
+
+
+# ---- 6. credentials: opaque cookies, security headers, the token out of the address bar ----------
+
+
+def test_cookie_values_are_opaque_and_expire() -> None:
+    """A cookie value is an HMAC under the credential it stands for: not the token, bound to its
+    role, useless once the credential changes, and expired after its lifetime."""
+    from streamer.serve.cookies import SessionCookies
+    from streamer.serve.security import Role
+
+    cookies = SessionCookies("viewer-secret", "op-secret", tls=False, lifetime=60.0)
+    value = cookies.issue(Role.OPERATOR, now=1000.0)
+    assert "op-secret" not in value and value != cookies.issue(Role.OPERATOR, now=1000.0)
+    assert cookies.valid(value, Role.OPERATOR, now=1059.0)
+    assert not cookies.valid(value, Role.OPERATOR, now=1061.0)  # expired
+    assert not cookies.valid(value, Role.VIEWER, now=1000.0)  # another role
+    assert not SessionCookies("viewer-secret", "new-op-secret", tls=False).valid(value, Role.OPERATOR, now=1000.0)
+    forged = value[:-1] + ("0" if value[-1] != "0" else "1")
+    for junk in ("op-secret", forged, "", "1.2", "9" * 40 + ".a.b", "\xff.\udcff.\x00", value + ".x"):
+        assert not cookies.valid(junk, Role.OPERATOR, now=1000.0), junk
+    assert cookies.role({"avatarcam_operator": value}, now=1000.0) is Role.OPERATOR
+    assert cookies.role({"avatarcam_operator": "op-secret"}, now=1000.0) is Role.NONE
+    assert SessionCookies(None, "op", tls=True).name(Role.OPERATOR) == "__Host-avatarcam_operator"
+
+
+def _set_cookie(response: aiohttp.ClientResponse, name: str) -> dict[str, Any] | None:
+    """The Set-Cookie of `name` in a response: its value and attributes (None when absent)."""
+    morsel = response.cookies.get(name)
+    if morsel is None:
+        return None
+    return {"value": morsel.value, **{k: morsel[k] for k in ("path", "domain", "secure", "httponly", "samesite")}}
+
+
+def test_cookies_carry_an_opaque_value_not_the_token(
+    tiny_avatar: Path, driver_video: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Browsers send 127.0.0.1's cookies to every port of it: a cookie must not hand the token
+    to another server there. The page's cookie is an opaque value that works as a cookie only;
+    the raw token in a cookie opens nothing; over TLS the cookie is `__Host-` and Secure."""
+    monkeypatch.setenv("AVATARCAM_HOME", str(tmp_path / "home"))
+    tokens = {"token": "viewer-secret", "operator_token": "op-secret"}
+
+    async def scenario(tls: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        config = shared_config(tiny_avatar, driver_video, tls_self_signed=tls, **tokens)
+        prefix = "__Host-" if tls else ""
+        async with running(config) as server, aiohttp.ClientSession() as http:
+            url = f"{'https' if tls else 'http'}://127.0.0.1:{server.port}/"
+            for path, name in (
+                ("dashboard?token=op-secret", "avatarcam_operator"),
+                ("?token=viewer-secret", "avatarcam_token"),
+            ):
+                async with http.get(url + path, ssl=False) as r:
+                    cookie = _set_cookie(r, prefix + name)
+                assert cookie is not None, (path, r.headers.getall("Set-Cookie", []))
+                out[name] = {**cookie, "value": "secret" in cookie["value"]}
+                async with http.get(
+                    url + path, ssl=False, headers={"Cookie": f"{prefix}{name}={cookie['value']}"}
+                ) as r:
+                    out[f"{name} again"] = _set_cookie(r, prefix + name)  # a valid cookie is kept, not renewed
+                for what, value in (("cookie", cookie["value"]), ("raw token", path.split("=")[1])):
+                    headers = {"Cookie": f"{prefix}{name}={value}"}
+                    async with http.get(url + path.split("?")[0], ssl=False, headers=headers) as r:
+                        out[f"{name} {what}"] = r.status
+        return out
+
+    for tls in (False, True):
+        out = asyncio.run(scenario(tls))
+        attributes = {"path": "/", "domain": "", "secure": tls or "", "httponly": True, "samesite": "Strict"}
+        assert out == {
+            "avatarcam_operator": {"value": False, **attributes},
+            "avatarcam_operator again": None,
+            "avatarcam_operator cookie": 200,
+            "avatarcam_operator raw token": 401,
+            "avatarcam_token": {"value": False, **attributes},
+            "avatarcam_token again": None,
+            "avatarcam_token cookie": 200,
+            "avatarcam_token raw token": 401,
+        }, tls
+
+
+def test_every_answer_carries_csp_frame_ancestors_and_referrer_policy(tiny_avatar: Path, driver_video: Path) -> None:
+    """Pages, scripts, API answers and refusals: scripts only from the service, no framing
+    (clickjacking the operator's controls), no Referer (it would carry `?token=`)."""
+    config = shared_config(tiny_avatar, driver_video, token="viewer-secret")
+
+    async def scenario() -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        async with running(config) as server, aiohttp.ClientSession() as http:
+            url = base_url(server)
+            for path in (
+                "?token=viewer-secret",
+                "static/app.js?token=viewer-secret",
+                "api/info?token=viewer-secret",
+                "api/info",
+                "healthz",
+            ):
+                async with http.get(url + path) as r:
+                    out[path] = (
+                        r.status,
+                        r.headers.get("Content-Security-Policy", ""),
+                        r.headers.get("Referrer-Policy"),
+                    )
+        return out
+
+    for path, (status, csp, referrer) in asyncio.run(scenario()).items():
+        directives = {d.split()[0]: d.split()[1:] for d in csp.split(";") if d.strip()}
+        assert directives.get("frame-ancestors") == ["'none'"], (path, status, csp)
+        assert directives.get("script-src") == ["'self'"] and directives.get("object-src") == ["'none'"], (path, csp)
+        assert referrer == "no-referrer", (path, status)

@@ -17,6 +17,9 @@ const MAX_BACKOFF_S = 8;
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
+// The service answered this address with a cookie for the token (an opaque value, not the token):
+// take the token out of the address bar, so history, bookmarks, screenshots and shared links lack it.
+forgetToken();
 
 const STATES = {
   loading: ["Loading…", "Asking the service what it serves."],
@@ -250,7 +253,6 @@ function showInfo(info) {
   $("watermark").textContent = info.watermark ? "invisible watermark: on" : "invisible watermark: off";
   // The dashboard is the operator's: a viewer's page does not offer a link that would be refused.
   $("dashboard-link").hidden = info.role !== "operator";
-  if (token) $("dashboard-link").href = `/dashboard?token=${encodeURIComponent(token)}`;
   if (info.source !== "webrtc") {
     if (info.role !== "operator") {
       $("controls-note").textContent =
@@ -575,3 +577,10 @@ function wire() {
 }
 
 if (wire()) start();
+
+function forgetToken() {
+  if (!token) return;
+  const url = new URL(location.href);
+  url.searchParams.delete("token");
+  history.replaceState(history.state, "", url);
+}
