@@ -227,3 +227,38 @@ def test_every_answer_carries_csp_frame_ancestors_and_referrer_policy(tiny_avata
         assert directives.get("frame-ancestors") == ["'none'"], (path, status, csp)
         assert directives.get("script-src") == ["'self'"] and directives.get("object-src") == ["'none'"], (path, csp)
         assert referrer == "no-referrer", (path, status)
+
+
+def test_fuzzed_cookies_are_refused_cleanly(
+    tiny_avatar: Path, driver_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Seeded junk in the cookies (forged `expires.nonce.mac` values, raw tokens, huge, non-ASCII,
+    on every cookie name): 401 or 403, never a 5xx, nothing logged at ERROR."""
+    import logging
+    import random
+
+    from tests.fuzzing import JUNK
+
+    caplog.set_level(logging.WARNING)
+    config = shared_config(tiny_avatar, driver_video, token="viewer-secret", operator_token="op-secret")
+    rng = random.Random(2424)
+    names = [f"{p}avatarcam_{n}" for p in ("", "__Host-") for n in ("token", "operator")] + ["x"]
+    values = [*JUNK, "viewer-secret", "op-secret", "1.2.3", "99999999999.a.b", "0.0.0", "9" * 13 + ".n.m", "a.b.c.d"]
+
+    async def scenario() -> dict[int, int]:
+        statuses: dict[int, int] = {}
+        async with running(config) as server, aiohttp.ClientSession() as http:
+            url = base_url(server)
+            for _ in range(200):
+                value = rng.choice(values) + rng.choice(["", "." + rng.choice(values), "x" * rng.randint(0, 2000)])
+                value = "".join(c for c in value if c != ";" and c.isprintable())  # what a header may carry
+                cookie = f"{rng.choice(names)}={value}".encode("utf-8", "surrogateescape").decode("latin-1")
+                path = rng.choice(["", "dashboard", "api/info", "ws"])
+                async with http.get(url + path, headers={"Cookie": cookie}) as r:
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+        return statuses
+
+    statuses = asyncio.run(scenario())
+    assert set(statuses) <= {401, 403}, statuses
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:5]]
