@@ -413,7 +413,11 @@ def _add_security_options(p: argparse.ArgumentParser) -> None:
     """Who may connect and how many (docs/security.md)."""
     _add_secret(p, "operator_token", "operator credential for the dashboard and controls (default: generated)")
     p.add_argument(
-        "--allowed-host", action="append", default=[], help="extra Host name accepted without a token (repeatable)"
+        "--allowed-host",
+        action="append",
+        default=[],
+        help="a name a reverse proxy reaches the service by (repeatable); a token is then required (generated "
+        "when not given)",
     )
     p.add_argument("--max-per-client", type=int, default=2, help="WebRTC sessions one client address may hold")
     p.add_argument("--connect-timeout", type=float, default=10.0, help="seconds a peer has to connect (ICE + DTLS)")

@@ -122,6 +122,7 @@ class Fuzzer:
                         {"codec": rng.choice([*VALUES, "vp8", "h264"])},
                         {"background": rng.choice(VALUES)},
                         {"stamp": rng.choice(VALUES)},
+                        {"replaces": rng.choice([*VALUES, *JUNK])},
                         rng.choice(VALUES),
                     ]
                 )

@@ -311,7 +311,7 @@ def test_a_reconnect_names_the_old_peer_so_the_server_frees_its_slot(
     tiny_avatar: Path, driver_video: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The link stalls while the server still holds its peer (its avatar frames stop coming): the
-    client reconnects with `options.replaces` set to the old peer's id, and the server, whose
+    client reconnects with `options.replaces` set to the old peer's reconnect secret, and the server, whose
     per-client cap is 1, closes that peer and admits the new one at once instead of refusing it."""
     from streamer.connect.link import Link
     from streamer.serve.config import ServeConfig
@@ -323,7 +323,7 @@ def test_a_reconnect_names_the_old_peer_so_the_server_frees_its_slot(
 
     async def recording(self: Link, body: dict[str, Any]) -> dict[str, Any]:
         answer = await post(self, body)
-        offers.append({"options": body["options"], "peer": answer.get("peer")})
+        offers.append({"options": body["options"], "peer": answer.get("peer"), "reconnect": answer.get("reconnect")})
         return answer
 
     monkeypatch.setattr(Link, "_post_offer", recording)
@@ -351,7 +351,7 @@ def test_a_reconnect_names_the_old_peer_so_the_server_frees_its_slot(
 
     peers, reconnects = asyncio.run(scenario())
     assert reconnects >= 1 and "replaces" not in offers[0]["options"]
-    assert offers[1]["options"]["replaces"] == offers[0]["peer"]
+    assert offers[1]["options"]["replaces"] == offers[0]["reconnect"]
     assert peers == [offers[-1]["peer"]]  # the old peer was closed, not left until ICE gives up
 
 

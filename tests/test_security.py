@@ -88,9 +88,9 @@ ROUTES = [
 
 def test_a_rebinding_host_is_refused_on_every_route(tiny_avatar: Path, driver_video: Path) -> None:
     """Without a token a page under another host name (a DNS-rebinding page controls both Host
-    and Origin) gets 403 everywhere, /ws and /offer included; loopback names and
-    --allowed-host pass."""
-    config = shared_config(tiny_avatar, driver_video, allowed_hosts=("studio.lan",))
+    and Origin) gets 403 everywhere, /ws and /offer included; loopback names pass. (An
+    --allowed-host requires a token: tests/test_security_sessions.py.)"""
+    config = shared_config(tiny_avatar, driver_video)
 
     async def scenario() -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -107,17 +107,17 @@ def test_a_rebinding_host_is_refused_on_every_route(tiny_avatar: Path, driver_vi
             out["/ws"] = (refused.value.status, "")
             out["paused"] = [s.state for s in server.service.sessions()]
             out["ok"], out["bad"] = {}, {}
-            for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"studio.lan:{port}", "LOCALHOST"):
+            for host in (f"localhost:{port}", f"127.0.0.1:{port}", "LOCALHOST"):
                 async with http.get(url + "api/info", headers={"Host": host}) as r:
                     out["ok"][host] = r.status
-            for host in ("", "127.0.0.1.evil.example", "localhost@evil.example", "[::1", "localhost:x"):
+            for host in ("", "127.0.0.1.evil.example", "localhost@evil.example", "[::1", "localhost:x", "studio.lan"):
                 async with http.get(url + "api/info", headers={"Host": host}) as r:
                     out["bad"][host] = r.status
-            origin = f"http://studio.lan:{port}"
+            origin = f"http://localhost:{port}"
             async with http.post(
                 url + "api/control",
                 json={"action": "resume"},
-                headers={"Host": f"studio.lan:{port}", "Origin": origin, **operator},
+                headers={"Host": f"localhost:{port}", "Origin": origin, **operator},
             ) as r:
                 out["allowed control"] = r.status
         return out
@@ -209,9 +209,9 @@ def test_one_client_cannot_take_every_slot(tiny_avatar: Path, driver_video: Path
 
 
 def test_a_reconnecting_client_takes_over_the_slot_of_its_old_peer(tiny_avatar: Path, driver_video: Path) -> None:
-    """A client whose link died on its side (the server still holds its peer) names that peer in
-    `options.replaces`: it is closed and the new offer admitted at once, where the per-client cap
-    refuses an offer that does not. Another address naming it closes nothing."""
+    """A client whose link died on its side (the server still holds its peer) sends that peer's
+    reconnect secret in `options.replaces`: it is closed and the new offer admitted at once, where
+    the per-client cap refuses an offer that does not. Naming its (public) id closes nothing."""
     config = shared_config(tiny_avatar, driver_video, max_per_client=1, connect_timeout=60.0, admission="limit")
 
     async def scenario() -> dict[str, Any]:
@@ -220,7 +220,8 @@ def test_a_reconnecting_client_takes_over_the_slot_of_its_old_peer(tiny_avatar: 
             found: dict[str, Any] = {}
             async with _from("127.0.0.2") as laptop, _from("127.0.0.3") as stranger:
                 async with laptop.post(url + "offer", json=await silent_offer()) as r:
-                    old = (await r.json())["peer"]
+                    answer = await r.json()
+                old = answer["peer"]
                 async with laptop.post(url + "offer", json=await silent_offer()) as r:
                     found["without"] = r.status
                 body = {**await silent_offer(), "options": {"replaces": old}}
@@ -228,6 +229,7 @@ def test_a_reconnecting_client_takes_over_the_slot_of_its_old_peer(tiny_avatar: 
                     found["stranger"], found["kept"] = r.status, old in peers
                 async with laptop.post(url + "offer", json={**body, "options": {"replaces": 7}}) as r:
                     found["bad"] = r.status
+                body = {**body, "options": {"replaces": answer["reconnect"]}}
                 async with laptop.post(url + "offer", json=body) as r:
                     found["with"], new = r.status, (await r.json()).get("peer")
                 found["old_closed"], found["new_open"] = old not in peers, new in peers

@@ -1,6 +1,8 @@
-"""TLS in a real browser: a page opened from another machine's point of view (this machine's
-LAN address, not loopback) gets the camera only over https; with `--tls-self-signed` headless
-Chromium, told to trust that one certificate, drives the avatar with its camera."""
+"""Security in a real browser. TLS: a page opened from another machine's point of view (this
+machine's LAN address, not loopback) gets the camera only over https; with `--tls-self-signed`
+headless Chromium, told to trust that one certificate, drives the avatar with its camera.
+Credentials: the page and the dashboard take the token out of the address bar, link each other
+without it, work on from their cookie after a reload, and run under the service's CSP."""
 
 from __future__ import annotations
 
@@ -12,10 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.browser import LiveService, browsers, fake_camera, require_chromium
+from tests.browser import LiveService, browsers, fake_camera, require_chromium, wait_until
 
 pytestmark = pytest.mark.browser
 TOKEN = "tls-browser-token"
+OPERATOR_TOKEN = "browser-operator-token"
 
 
 def _lan_address() -> str | None:
@@ -58,6 +61,46 @@ def test_a_lan_page_over_https_gets_the_camera_and_the_avatar(
             browser.wait_state({"running", "no-face"}, timeout=90)
             browser.wait_value("stat-fps")
             assert browser.js("return location.protocol") == "https:"
+    finally:
+        code = live.stop()
+    assert code == 0, f"the service exited with {code}:\n{live.log()}"
+
+
+def test_the_token_leaves_the_address_bar_and_the_links_carry_none(tiny_avatar: Path, driver_video: Path) -> None:
+    """Opened from the printed URLs, the dashboard and the page remove `?token=` from the address
+    bar (so from history and shared links), their links to each other carry no token (the
+    dashboard's "Page" link once copied the operator's into it), a reload works on from the cookie,
+    and nothing is refused by the Content-Security-Policy."""
+    require_chromium()
+    args = ["serve", str(tiny_avatar), "--source", f"file:{driver_video}", "--loop", "--port", "0"]
+    live = LiveService([*args, "--token", TOKEN, "--operator-token", OPERATOR_TOKEN, "--admission", "limit"])
+    feed = "return document.getElementById('feed').dataset.state"
+    try:
+        assert f"token={OPERATOR_TOKEN}" in live.operator_url and f"token={TOKEN}" in live.url
+        with browsers() as open_browser:
+            operator = open_browser(None)
+            operator.open(live.operator_url)
+            wait_until(lambda: operator.js(feed) == "live", 60, "the dashboard's feed")
+            assert operator.js("return location.href") == live.base + "/dashboard"
+            page_link = operator.js("return document.getElementById('page-link').href")
+            assert page_link == live.base + "/"
+            operator.driver.refresh()  # the cookie alone
+            wait_until(lambda: operator.js(feed) == "live", 60, "the dashboard's feed after a reload")
+            operator.open(page_link)
+            operator.wait_state({"running", "no-face"}, timeout=90)
+            assert operator.js("return document.getElementById('dashboard-link').href") == live.base + "/dashboard"
+            assert operator.js("return window.avatarcam.info.role") == "operator"
+
+            viewer = open_browser(None)
+            viewer.open(live.url)
+            viewer.wait_state({"running", "no-face"}, timeout=90)
+            assert viewer.js("return location.href") == live.base + "/"
+            assert viewer.js("return window.avatarcam.info.role") == "viewer"
+            viewer.driver.refresh()
+            viewer.wait_state({"running", "no-face"}, timeout=90)
+            for browser in (operator, viewer):
+                log = browser.console()
+                assert "Content Security Policy" not in log and "Content-Security-Policy" not in log, log
     finally:
         code = live.stop()
     assert code == 0, f"the service exited with {code}:\n{live.log()}"

@@ -17,6 +17,9 @@ const MAX_BACKOFF_S = 8;
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
+// The service answered this address with a cookie for the token (an opaque value, not the token):
+// take the token out of the address bar, so history, bookmarks, screenshots and shared links lack it.
+forgetToken();
 
 const STATES = {
   loading: ["Loading…", "Asking the service what it serves."],
@@ -190,7 +193,7 @@ const app = {
   pc: null,
   channel: null,
   session: null,
-  peer: null, // the server's id of this page's latest peer: a reconnect names it (options.replaces)
+  reconnect: null, // the secret of this page's latest peer: a reconnect sends it (options.replaces)
   attempt: 0,
   retryTimer: null,
   statsTimer: null,
@@ -250,7 +253,6 @@ function showInfo(info) {
   $("watermark").textContent = info.watermark ? "invisible watermark: on" : "invisible watermark: off";
   // The dashboard is the operator's: a viewer's page does not offer a link that would be refused.
   $("dashboard-link").hidden = info.role !== "operator";
-  if (token) $("dashboard-link").href = `/dashboard?token=${encodeURIComponent(token)}`;
   if (info.source !== "webrtc") {
     if (info.role !== "operator") {
       $("controls-note").textContent =
@@ -311,16 +313,17 @@ async function connect() {
   const answer = await api("/offer", {
     sdp: pc.localDescription.sdp,
     type: pc.localDescription.type,
-    // A reconnect names the peer it replaces, and the server closes that one at once: a link that
-    // died on this side would otherwise hold its slot until the server's ICE gives up on it.
+    // A reconnect sends the secret of the peer it replaces, and the server closes that one once
+    // this offer is answered: a link that died on this side would otherwise hold its slot until
+    // the server's ICE gives up on it. The peer id alone is public and replaces nothing.
     options: {
       codec,
       stamp: app.mode === "camera",
       background: $("background").value,
-      replaces: app.peer ?? undefined,
+      replaces: app.reconnect ?? undefined,
     },
   });
-  app.peer = answer.peer ?? null;
+  app.reconnect = answer.reconnect ?? null;
   if (generation !== app.generation) return;
   app.session = answer.session;
   $("session").textContent = answer.session ?? "–";
@@ -574,3 +577,10 @@ function wire() {
 }
 
 if (wire()) start();
+
+function forgetToken() {
+  if (!token) return;
+  const url = new URL(location.href);
+  url.searchParams.delete("token");
+  history.replaceState(history.state, "", url);
+}

@@ -9,6 +9,9 @@ const STAGE_COLORS = { track: "#5aa9e6", render: "#b38ce6", infer: "#e8b339", co
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
+// The service answered this address with a cookie for the token (an opaque value, not the token):
+// take the token out of the address bar, so history, bookmarks, screenshots and shared links lack it.
+forgetToken();
 
 const dash = {
   socket: null,
@@ -279,5 +282,11 @@ function updateCard(entry, s, t) {
   );
 }
 
-if (token) $("page-link").href = `/?token=${encodeURIComponent(token)}`;
 connect();
+
+function forgetToken() {
+  if (!token) return;
+  const url = new URL(location.href);
+  url.searchParams.delete("token");
+  history.replaceState(history.state, "", url);
+}

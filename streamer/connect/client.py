@@ -136,7 +136,7 @@ class Client:
     async def main_loop(self) -> None:
         """Connect, watch the link, and reconnect with backoff until asked to exit."""
         attempt = 0
-        previous: str | None = None  # the server's id of the last peer that got an answer
+        previous: str | None = None  # the reconnect secret of the last peer that got an answer
         while not self.should_exit.is_set():
             link = Link(self.config, self._require_http(), self.clock, self._on_frame, self._on_message, previous)
             try:
@@ -151,7 +151,7 @@ class Client:
             except BaseException:
                 await link.close()
                 raise
-            previous = link.peer or previous
+            previous = link.reconnect or previous
             self.link = link
             self.state = "live"
             self._status("avatarcam", "waiting for the avatar...")

@@ -62,7 +62,7 @@ class Link:
         replaces: str | None = None,
     ) -> None:
         self.config = config
-        self.replaces = replaces  # the server's id of our previous peer, which this link takes over
+        self.replaces = replaces  # the reconnect secret of our previous peer, which this link takes over
         self.http = http
         self.clock = clock
         self.on_frame = on_frame
@@ -73,6 +73,7 @@ class Link:
         self.reason = ""
         self.session: str | None = None
         self.peer: str | None = None  # the server's id of this link's peer
+        self.reconnect: str | None = None  # its secret: the next link names it to take over its slot
         self.opened_at = clock.now()
         self.last_frame_at: float | None = None
         self._channel: Any = None
@@ -96,12 +97,13 @@ class Link:
         pc.on("connectionstatechange", self._on_state)
         await pc.setLocalDescription(await pc.createOffer())  # aiortc gathers all candidates here
         options: dict[str, Any] = {"codec": self.config.codec, "stamp": self.config.stamp}
-        if self.replaces is not None:  # a reconnect: the server frees the old peer's slot now
+        if self.replaces is not None:  # a reconnect: the server gives the old peer's slot to this one
             options["replaces"] = self.replaces
         body = {"sdp": pc.localDescription.sdp, "type": pc.localDescription.type, "options": options}
         answer = await self._post_offer(body)
         self.session = answer.get("session")
         self.peer = answer.get("peer") if isinstance(answer.get("peer"), str) else None
+        self.reconnect = answer.get("reconnect") if isinstance(answer.get("reconnect"), str) else None
         await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type=answer["type"]))
         self.opened_at = self.clock.now()
 

@@ -36,13 +36,16 @@ class ServeConfig:
         framing: the virtual camera's format (default 1280x720) and how the avatar fills it; its
             background picture is compose.image.
         badge_required: force the synthetic badge (the shipped demo avatar).
-        token: access token for page, API and signaling; required when host is not loopback
-            (None there: one is generated and printed).
+        token: access token for page, API and signaling; required when host is not loopback or
+            allowed_hosts is given (a reverse proxy in front of a loopback bind: the Host
+            allow-list does not tell its public clients apart); None there: one is generated and
+            printed.
         allowed_origins: extra browser origins allowed besides the server's own.
         operator_token: the operator's credential (dashboard, /api/control, control over /ws and
             over a shared session's data channel); None: one is generated and printed.
-        allowed_hosts: host names accepted in the Host header besides the loopback address and
-            localhost, when there is no token (DNS-rebinding guard).
+        allowed_hosts: host names a TLS certificate made by tls_self_signed names besides the
+            loopback ones; giving any requires a token (generated when none is given), which then
+            guards every route instead of the Host allow-list.
         max_sessions: concurrent WebRTC peers.
         max_per_client: WebRTC peers, connecting or connected, one client address may hold.
         connect_timeout: seconds a peer has after the answer to get connected (ICE and DTLS)
@@ -141,11 +144,16 @@ class ServeConfig:
         if self.framing.image != self.compose.image:
             resolved = replace(resolved, framing=replace(self.framing, image=self.compose.image))
         resolved.framing.validate()
-        if self.token is None and not self.loopback:
+        if self.token is None and self.token_required:
             resolved = replace(resolved, token=secrets.token_urlsafe(24))
         if self.operator_token is None:
             resolved = replace(resolved, operator_token=secrets.token_urlsafe(24))
         return resolved
+
+    @property
+    def token_required(self) -> bool:
+        """Bound beyond loopback, or reached through a name (a reverse proxy) anyone may use."""
+        return not self.loopback or bool(self.allowed_hosts)
 
     @property
     def tls(self) -> bool:

@@ -21,9 +21,8 @@ from urllib.parse import urlsplit
 from aiohttp import WSMsgType, web
 
 from streamer.serve.config import ServeConfig
+from streamer.serve.cookies import SessionCookies
 from streamer.serve.security import (
-    OPERATOR_COOKIE,
-    VIEWER_COOKIE,
     AccessPolicy,
     Role,
     local_addresses,
@@ -42,7 +41,20 @@ MAX_BODY = 256 * 1024  # bytes; an SDP offer is a few kB
 FEED_PERIOD = 0.5  # seconds between dashboard snapshots and per-peer stats
 
 
-COOKIE = VIEWER_COOKIE
+# The page and dashboard load scripts, styles and images only from the service (inline styles
+# stay allowed: the charts' legends and the dashboard's cards use them), talk only to it (fetch,
+# /ws), are framed by no one (clickjacking the operator's controls) and send no Referer, which
+# would carry a `?token=` address to another site.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+        "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
+        "form-action 'self'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 OPERATOR_ROUTES = ("/dashboard", "/api/control")
@@ -68,6 +80,7 @@ class Server:
         assert self.config.operator_token is not None
         hosts = loopback_names(self.config.host) | {h.lower() for h in self.config.allowed_hosts}
         self.policy = AccessPolicy(self.config.token, self.config.operator_token, hosts)
+        self.cookies = SessionCookies(self.config.token, self.config.operator_token, self.config.tls)
         self.service = Service(self.config)
         self.should_exit = asyncio.Event()
         self.port = 0
@@ -80,6 +93,7 @@ class Server:
     async def startup(self) -> int:
         await self.service.startup()
         app = web.Application(middlewares=[self._errors, self._guard], client_max_size=MAX_BODY)
+        app.on_response_prepare.append(_security_headers)
         web_root = self.config.web_root
         app.add_routes(
             [
@@ -196,13 +210,29 @@ class Server:
 
     def _role(self, request: web.Request) -> Role:
         auth = request.headers.get("Authorization", "")
-        given = [
-            request.query.get("token", ""),
-            auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else "",
-            request.cookies.get(COOKIE, ""),
-            request.cookies.get(OPERATOR_COOKIE, ""),
-        ]
-        return self.policy.role(given)
+        given = [request.query.get("token", ""), auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""]
+        return max(self.policy.role(given), self.cookies.role(request.cookies))
+
+    def _set_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
+        """A page opened with `?token=` gets a cookie for the role that token grants (an opaque
+        value, not the token), unless it already holds a valid one: the page then works after
+        it removes the token from its address bar, and on reload."""
+        given = request.query.get("token")
+        role = self.policy.role([given]) if given else Role.NONE
+        if role is Role.NONE or (role is Role.VIEWER and self.config.token is None):
+            return
+        name = self.cookies.name(role)
+        if self.cookies.valid(request.cookies.get(name, ""), role):
+            return
+        response.set_cookie(
+            name,
+            self.cookies.issue(role),
+            max_age=int(self.cookies.lifetime),
+            path="/",
+            httponly=True,
+            samesite="Strict",
+            secure=self.config.tls,
+        )
 
     def _origin_ok(self, request: web.Request) -> bool:
         origin = request.headers.get("Origin")
@@ -231,11 +261,7 @@ class Server:
             return _error(403, OPERATOR_ONLY)
         request[ROLE] = role
         response = await handler(request)
-        given = request.query.get("token")
-        if given and role is Role.OPERATOR:
-            response.set_cookie(OPERATOR_COOKIE, given, httponly=True, samesite="Strict", secure=self.config.tls)
-        elif given and self.config.token:
-            response.set_cookie(COOKIE, self.config.token, httponly=True, samesite="Strict", secure=self.config.tls)
+        self._set_cookie(request, response)
         return response
 
     # ---- routes --------------------------------------------------------------------------------
@@ -306,6 +332,11 @@ class Server:
         return ws
 
 
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+
+
 async def serve(config: ServeConfig) -> None:
     """Start, announce, run until SIGINT/SIGTERM (or the source ends), shut down."""
     server = Server(config)
@@ -318,7 +349,8 @@ async def serve(config: ServeConfig) -> None:
         print(f"avatarcam: serving on {server.url}", flush=True)
         print(f"avatarcam: operator dashboard on {server.operator_url}", flush=True)
         if server.config.token and config.token is None:
-            print("avatarcam: bound beyond localhost; the token above is required", file=sys.stderr, flush=True)
+            why = "--allowed-host given" if config.loopback else "bound beyond localhost"
+            print(f"avatarcam: {why}; the token above is required", file=sys.stderr, flush=True)
         await server.main_loop()
     finally:
         await server.shutdown()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from dataclasses import dataclass
+import secrets
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiortc import RTCPeerConnection
@@ -31,6 +32,9 @@ class Peer:
     operator: bool = False  # the offer came with the operator credential
     connected: bool = False
     watchdog: asyncio.Task[None] | None = None
+    # Only the client that got the answer knows it: `options.replaces` must carry it to take over
+    # this peer's slot on a reconnect (its id is public, in /api/sessions and the /ws feed).
+    reconnect: str = field(default_factory=lambda: secrets.token_urlsafe(24))
 
 
 async def close_connection(pc: RTCPeerConnection) -> None:

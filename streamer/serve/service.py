@@ -7,6 +7,7 @@ operations serve the HTTP API, the websocket and the data channels.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 import secrets
@@ -217,7 +218,9 @@ class Service:
 
     # ---- WebRTC --------------------------------------------------------------------------------
 
-    def _admit(self, client: str) -> None:
+    def _admit(self, client: str, replacing: Peer | None = None) -> None:
+        """Rate limit, slots and capacity for a new peer from `client`; the peer it `replacing`
+        takes over is counted as gone (its slot is the new one's)."""
         now = time.monotonic()
         for address in [a for a, times in self._offers.items() if not times or now - times[-1] >= 60]:
             del self._offers[address]  # forget quiet clients: the table stays small
@@ -225,20 +228,18 @@ class Service:
         if len(recent) >= self.config.offers_per_minute:
             raise RequestError(429, f"too many offers from {client}; wait a minute", retry_after=60)
         self._offers[client] = [*recent, now]
-        if len(self.peers) >= self.config.max_sessions:
-            raise RequestError(
-                503, f"server busy: {len(self.peers)} sessions (the limit); try again later", retry_after=5
-            )
-        own = sum(1 for p in self.peers.values() if p.client == client)
+        peers = [p for p in self.peers.values() if p is not replacing]
+        if len(peers) >= self.config.max_sessions:
+            raise RequestError(503, f"server busy: {len(peers)} sessions (the limit); try again later", retry_after=5)
+        own = sum(1 for p in peers if p.client == client)
         if own >= self.config.max_per_client:
             raise RequestError(
                 503, f"server busy: {client} already holds {own} sessions (the limit per client)", retry_after=5
             )
         if self.config.admission == "capacity":
-            pipelines = len(self.sessions()) + sum(
-                1 for p in self.peers.values() if p.session is None and self.config.source.kind == "webrtc"
-            )
-            verdict = self.capacity.admit(pipelines, len(self.peers), new_pipeline=self.config.source.kind == "webrtc")
+            webrtc = self.config.source.kind == "webrtc"
+            pipelines = int(self.shared is not None) + sum(1 for p in peers if p.session is not None or webrtc)
+            verdict = self.capacity.admit(pipelines, len(peers), new_pipeline=webrtc)
             if not verdict.admit:
                 log.info("refused a session from %s: %s", client, verdict.reason)
                 raise RequestError(
@@ -263,8 +264,8 @@ class Service:
         ):
             raise RequestError(400, f"background must be one of {[b.value for b in Background]}")
         stamp = bool(options.get("stamp", False))
-        await self._replace(options.get("replaces"), client)
-        self._admit(client)
+        replacing = self._replacing(options.get("replaces"))
+        self._admit(client, replacing)
 
         config = self.config
         pc = RTCPeerConnection(ice_configuration(config.ice_servers, config.ice_username, config.ice_credential))
@@ -278,6 +279,11 @@ class Service:
                 raise
             log.warning("offer from %s rejected: %s", client, exc)
             raise RequestError(400, f"cannot use this offer: {exc}") from None
+        if replacing is not None and replacing.id in self.peers:
+            log.info(
+                "peer %s from %s is replaced by its reconnecting client (%s)", replacing.id, replacing.client, peer.id
+            )
+            await self.close_peer(replacing.id)
         if peer.id in self.peers and not peer.connected:
             peer.watchdog = asyncio.get_running_loop().create_task(self._connect_or_close(peer), name=f"{peer.id}-wd")
         log.info("peer %s answered, from %s (codec %s)", peer.id, client, codec)
@@ -287,21 +293,23 @@ class Service:
             "type": pc.localDescription.type,
             "session": session.id if session is not None else peer.id,
             "peer": peer.id,
+            "reconnect": peer.reconnect,
         }
 
-    async def _replace(self, replaces: Any, client: str) -> None:
-        """A reconnecting client names the peer it had (`options.replaces`, the id an earlier
-        answer gave): that peer is closed before admission, so a link that died on the client's
-        side (a network drop) does not hold its slot until ICE gives up on it. Only a peer of the
-        same client address is closed; an unknown id is ignored."""
+    def _replacing(self, replaces: Any) -> Peer | None:
+        """The peer a reconnecting client takes over: `options.replaces` is the `reconnect`
+        secret an earlier answer gave it (a peer id, which every viewer sees, is not enough). It is
+        closed only once the new offer is admitted and answered, so a link that died on the
+        client's side (a network drop) gives its slot to the new one instead of holding it until
+        ICE gives up. An unknown secret (the server restarted, the peer is gone) replaces nothing."""
         if replaces is None:
-            return
+            return None
         if not isinstance(replaces, str):
-            raise RequestError(400, "options.replaces must be the peer id an earlier answer gave")
-        old = self.peers.get(replaces)
-        if old is not None and old.client == client:
-            log.info("peer %s from %s is replaced by its reconnecting client", old.id, client)
-            await self.close_peer(old.id)
+            raise RequestError(400, "options.replaces must be the reconnect secret an earlier answer gave")
+        for peer in self.peers.values():
+            if hmac.compare_digest(peer.reconnect.encode(), replaces.encode("utf-8", "replace")):
+                return peer
+        return None
 
     async def _negotiate(self, peer: Peer, sdp: str, codec: str, stamp: bool, background: str | None) -> None:
         pc = peer.pc
