@@ -38,6 +38,22 @@ async def base_offer() -> str:
     return sdp
 
 
+async def raw_request(port: int, path: bytes, headers: list[bytes], *, method: bytes = b"GET") -> int:
+    """Send one HTTP/1.1 request with these header lines, byte for byte (aiohttp's client will
+    not send bytes that are not UTF-8), and return the answer's status."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        head = [method + b" " + path + b" HTTP/1.1", *headers, b"Content-Length: 0", b"Connection: close"]
+        writer.write(b"\r\n".join(head) + b"\r\n\r\n")
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
 @dataclass(frozen=True)
 class Case:
     """One request: `route` ("offer", "control" or "ws"), what it carries, and a label."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from streamer.serve.config import ServeConfig
 from streamer.serve.http import Server
 from streamer.sources.base import SourceSpec
+from tests import fuzzing
 from tests.media import first_frames
 from tests.test_serve import Client, StampedClip, base_url, running, shared_config, until
 
@@ -466,3 +468,38 @@ def test_tls_self_signed_is_made_once_into_the_cache_and_serves_https(
     assert first[0] == 200 and again[0] == 200
     assert mode == "0o600"
     assert cert.stat().st_mtime_ns == made  # reused, not made again
+
+
+# ---- 7. answers and logs -------------------------------------------------------------------------
+
+
+NOT_UTF8 = [
+    b"Authorization: Bearer \xff",
+    b"Authorization: Bearer op-secret\xc3",
+    b"Cookie: avatarcam_token=\xff",
+    b"Cookie: avatarcam_operator=\xfe\xff; avatarcam_token=viewer\xe9",
+]
+
+
+def test_a_credential_that_is_not_utf8_is_wrong_not_a_server_error(
+    tiny_avatar: Path, driver_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A byte that is not UTF-8 in the Authorization header or a cookie is a wrong credential:
+    401 where a token is required, the viewer's role where none is; never a 500 or an ERROR log."""
+    caplog.set_level(logging.WARNING)
+
+    async def scenario() -> dict[tuple[str | None, bytes], int]:
+        out = {}
+        for token in (None, "viewer-secret"):
+            config = shared_config(tiny_avatar, driver_video, token=token, operator_token="op-secret")
+            async with running(config) as server:
+                for header in NOT_UTF8:
+                    status = await fuzzing.raw_request(server.port, b"/api/info", [b"Host: 127.0.0.1", header])
+                    out[token, header] = status
+        return out
+
+    out = asyncio.run(scenario())
+    assert {status for (token, _), status in out.items() if token is None} == {200}, out
+    assert {status for (token, _), status in out.items() if token is not None} == {401}, out
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]

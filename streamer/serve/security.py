@@ -86,7 +86,9 @@ class AccessPolicy:
 
 
 def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    # aiohttp hands a header or cookie byte that is not UTF-8 over as a lone surrogate
+    # (surrogateescape); "surrogatepass" encodes it, so such a byte is a wrong credential, not a 500.
+    return hmac.compare_digest(a.encode(errors="surrogatepass"), b.encode(errors="surrogatepass"))
 
 
 def local_addresses() -> list[str]:
