@@ -503,3 +503,45 @@ def test_a_credential_that_is_not_utf8_is_wrong_not_a_server_error(
     assert {status for (token, _), status in out.items() if token is not None} == {401}, out
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
+
+
+CHANNEL_JUNK: list[str | bytes] = [
+    "[" * 30_000 + "]" * 30_000,  # nested beyond the JSON parser's recursion limit
+    '{"a":' * 10_000 + "1" + "}" * 10_000,
+    b"\xff\xfe\x00[",
+    "x" * 100_000,  # over the size limit
+    "[]",
+    '"control"',
+    '{"type": "glass", "ms": "soon"}',
+    '{"type": ["control"]}',
+]
+
+
+def refusals(client: Client) -> int:
+    return sum('"error"' in m for m in client.messages)
+
+
+def test_junk_on_a_data_channel_is_refused_without_an_error_log(
+    tiny_avatar: Path, driver_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deeply nested, binary, oversized and wrongly typed data-channel messages are logged as
+    malformed (WARNING) and ignored: nothing at ERROR, no traceback, and the channel keeps
+    answering (a viewer's control on the shared session gets its refusal after each)."""
+    caplog.set_level(logging.WARNING)
+
+    async def scenario() -> int:
+        async with running(shared_config(tiny_avatar, driver_video)) as server:
+            client = ChannelClient()
+            await client.connect_as(base_url(server), None)
+            for n, junk in enumerate(CHANNEL_JUNK, 1):
+                await until(lambda: client.channel.readyState == "open", "the data channel to open")
+                client.channel.send(junk)
+                await client.send({"type": "control", "action": "pause"})
+                await until(lambda: refusals(client) >= n, "the refusal")  # noqa: B023 (awaited here)
+            await client.close()
+        return refusals(client)
+
+    assert asyncio.run(scenario()) == len(CHANNEL_JUNK)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
+    assert sum("malformed" in r.getMessage() or "ignored" in r.getMessage() for r in caplog.records) == 6

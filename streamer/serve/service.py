@@ -49,6 +49,9 @@ class RequestError(Exception):
         self.retry_after = retry_after
 
 
+MAX_CHANNEL_MESSAGE = 64 * 1024  # bytes (or characters) of one data-channel message; control is tens
+
+
 OPERATOR_ONLY = "this needs the operator credential: open the dashboard URL avatarcam serve printed"
 
 
@@ -368,10 +371,13 @@ class Service:
         task.add_done_callback(self._closing.discard)
 
     async def _on_peer_message(self, peer: Peer, message: Any) -> None:
+        if len(message) > MAX_CHANNEL_MESSAGE:
+            log.warning("peer %s sent a %d-byte message (over %d); ignored", peer.id, len(message), MAX_CHANNEL_MESSAGE)
+            return
         try:
             data = json.loads(message)
             kind = data.get("type")
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):  # RecursionError: nested too deeply
             log.warning("peer %s sent a malformed message", peer.id)
             return
         session = peer.session or self.shared
