@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
+from streamer.core.rtc import tolerate_closed_connects
 from streamer.serve.config import ServeConfig
 from streamer.serve.http import Server
+from streamer.serve.service import RequestError, Service
 from streamer.sources.base import SourceSpec
 from tests import fuzzing
 from tests.media import first_frames
@@ -545,3 +547,49 @@ def test_junk_on_a_data_channel_is_refused_without_an_error_log(
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
     assert sum("malformed" in r.getMessage() or "ignored" in r.getMessage() for r in caplog.records) == 6
+
+
+# ---- 8. per-client limits and ICE -----------------------------------------------------------------
+
+
+async def _status_of_offer(service: Service, client: str) -> int:
+    """200 when the service answers an offer from `client`, else the status it refuses with."""
+    try:
+        await service.offer(await silent_offer(), client)
+    except RequestError as exc:
+        return exc.status
+    return 200
+
+
+def test_per_client_limits_count_an_ipv6_64_as_one_client(driver_video: Path) -> None:
+    """A host picks any address of its IPv6 /64: the per-client session cap and the offer rate
+    count the /64 as one client (an IPv4-mapped address as its IPv4 address)."""
+    unused = Path("unused.avatar")  # no session is started: offers only reach admission and ICE
+
+    async def scenario() -> tuple[dict[str, int], dict[str, int]]:
+        tolerate_closed_connects(asyncio.get_running_loop())
+        capped = Service(shared_config(unused, driver_video, max_per_client=1, admission="limit"))
+        rated = Service(shared_config(unused, driver_video, offers_per_minute=2, admission="limit"))
+        try:
+            cap = {c: await _status_of_offer(capped, c) for c in CAP_CLIENTS}
+            rate = {c: await _status_of_offer(rated, c) for c in RATE_CLIENTS}
+        finally:
+            await capped.shutdown()
+            await rated.shutdown()
+        return cap, rate
+
+    cap, rate = asyncio.run(scenario())
+    assert list(cap.values()) == [200, 503, 503, 200, 200, 200, 503], cap
+    assert list(rate.values()) == [200, 200, 429, 200], rate
+
+
+CAP_CLIENTS = [
+    "2001:db8:1:2::1",
+    "2001:db8:1:2::abcd",  # the same /64
+    "2001:db8:1:2:ffff:ffff:ffff:ffff",
+    "2001:db8:1:3::1",  # the next /64
+    "10.0.0.1",
+    "10.0.0.2",
+    "::ffff:10.0.0.1",  # 10.0.0.1 again
+]
+RATE_CLIENTS = ["2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8:0:1::1"]

@@ -91,6 +91,20 @@ def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(errors="surrogatepass"), b.encode(errors="surrogatepass"))
 
 
+def client_group(address: str) -> str:
+    """What the per-client limits count as one client: an IPv4 address, or the /64 network of
+    an IPv6 address (a host picks any of its network's 2**64 addresses at will)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def local_addresses() -> list[str]:
     """This machine's IP addresses (for a certificate that a phone on the LAN can check)."""
     import socket

@@ -28,6 +28,7 @@ from streamer.provenance.identity import is_demo_identity
 from streamer.serve.capacity import Capacity, time_encoder
 from streamer.serve.config import ServeConfig
 from streamer.serve.peers import Peer, close_connection
+from streamer.serve.security import client_group
 from streamer.serve.status import History, snapshot, usable_cores
 from streamer.sinks import SINKS, open_sink
 from streamer.sinks.base import Sink, SinkContext, SinkError
@@ -221,20 +222,21 @@ class Service:
 
     def _admit(self, client: str) -> None:
         now = time.monotonic()
+        group = client_group(client)  # an IPv6 /64 is one client
         for address in [a for a, times in self._offers.items() if not times or now - times[-1] >= 60]:
             del self._offers[address]  # forget quiet clients: the table stays small
-        recent = [t for t in self._offers.get(client, []) if now - t < 60]
+        recent = [t for t in self._offers.get(group, []) if now - t < 60]
         if len(recent) >= self.config.offers_per_minute:
-            raise RequestError(429, f"too many offers from {client}; wait a minute", retry_after=60)
-        self._offers[client] = [*recent, now]
+            raise RequestError(429, f"too many offers from {group}; wait a minute", retry_after=60)
+        self._offers[group] = [*recent, now]
         if len(self.peers) >= self.config.max_sessions:
             raise RequestError(
                 503, f"server busy: {len(self.peers)} sessions (the limit); try again later", retry_after=5
             )
-        own = sum(1 for p in self.peers.values() if p.client == client)
+        own = sum(1 for p in self.peers.values() if client_group(p.client) == group)
         if own >= self.config.max_per_client:
             raise RequestError(
-                503, f"server busy: {client} already holds {own} sessions (the limit per client)", retry_after=5
+                503, f"server busy: {group} already holds {own} sessions (the limit per client)", retry_after=5
             )
         if self.config.admission == "capacity":
             pipelines = len(self.sessions()) + sum(
