@@ -593,3 +593,51 @@ CAP_CLIENTS = [
     "::ffff:10.0.0.1",  # 10.0.0.1 again
 ]
 RATE_CLIENTS = ["2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8:0:1::1"]
+
+
+def _with_candidates(offer: dict[str, str], addresses: list[str]) -> dict[str, str]:
+    """`offer` with host candidates at these addresses in its first m-section. They are TCP
+    candidates, which aiortc never pairs with its UDP ones: no packet goes to them even where
+    the service would check them; the test reads what the service's ICE agent was given."""
+    lines = offer["sdp"].split("\r\n")
+    first = next(i for i, line in enumerate(lines) if line.startswith("m="))
+    added = [f"a=candidate:{n} 1 tcp {1000 + n} {a} 9 typ host tcptype active" for n, a in enumerate(addresses)]
+    return {**offer, "sdp": "\r\n".join(lines[: first + 1] + added + lines[first + 1 :])}
+
+
+def _remote_candidates(service: Service, peer_id: str) -> set[str]:
+    pc = service.peers[peer_id].pc
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport.transport)
+    return {c.ip for t in transports for c in t.getRemoteCandidates()}
+
+
+FORBIDDEN = ["169.254.169.254", "fe80::1", "fd00:ec2::254", "::ffff:169.254.169.254", "224.0.0.251", "0.0.0.0"]
+
+
+def test_an_offer_cannot_aim_ice_checks_at_metadata_or_link_local_addresses(driver_video: Path) -> None:
+    """Candidates at link-local, metadata, multicast or unspecified addresses are dropped before
+    aiortc sees the offer (loopback and LAN ones stay); more than MAX_CANDIDATES get a 400."""
+    unused = Path("unused.avatar")
+
+    async def scenario() -> tuple[set[str], int, str]:
+        tolerate_closed_connects(asyncio.get_running_loop())
+        service = Service(shared_config(unused, driver_video, admission="limit"))
+        try:
+            offer = _with_candidates(await silent_offer(), [*FORBIDDEN, "127.0.0.1", "192.168.7.7"])
+            answer = await service.offer(offer, "127.0.0.1")
+            given = _remote_candidates(service, answer["peer"])
+            many = _with_candidates(await silent_offer(), [f"127.0.{n // 250}.{n % 250 + 1}" for n in range(1000)])
+            try:
+                await service.offer(many, "127.0.0.1")
+                status, message = 200, ""
+            except RequestError as exc:
+                status, message = exc.status, str(exc)
+        finally:
+            await service.shutdown()
+        return given, status, message
+
+    given, status, message = asyncio.run(scenario())
+    assert given == {"127.0.0.1", "192.168.7.7"}, given
+    assert status == 400 and "1000 ICE candidates" in message, (status, message)

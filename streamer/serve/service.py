@@ -27,6 +27,7 @@ from streamer.pipeline.session import AvatarEntry, AvatarSession, SessionConfig
 from streamer.provenance.identity import is_demo_identity
 from streamer.serve.capacity import Capacity, time_encoder
 from streamer.serve.config import ServeConfig
+from streamer.serve.ice import screen_candidates
 from streamer.serve.peers import Peer, close_connection
 from streamer.serve.security import client_group
 from streamer.serve.status import History, snapshot, usable_cores
@@ -339,6 +340,12 @@ class Service:
             session.add_sink(peer.track)
             peer.session = session
 
+        try:
+            sdp, dropped = screen_candidates(sdp)
+        except ValueError as exc:
+            raise RequestError(400, str(exc)) from None
+        if dropped:
+            log.info("peer %s: no checks to ICE candidates at %s", peer.id, ", ".join(sorted(set(dropped))[:8]))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         if self.config.source.kind == "webrtc" and peer.session is None:
             raise RequestError(400, "this server drives avatars from browser cameras: the offer must send video")
