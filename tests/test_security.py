@@ -15,10 +15,14 @@ import aiohttp
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from streamer.core.rtc import tolerate_closed_connects
 from streamer.serve.config import ServeConfig
 from streamer.serve.http import Server
+from streamer.serve.security import self_signed
 from streamer.serve.service import RequestError, Service
 from streamer.sources.base import SourceSpec
 from tests import fuzzing
@@ -641,3 +645,60 @@ def test_an_offer_cannot_aim_ice_checks_at_metadata_or_link_local_addresses(driv
     given, status, message = asyncio.run(scenario())
     assert given == {"127.0.0.1", "192.168.7.7"}, given
     assert status == 400 and "1000 ICE candidates" in message, (status, message)
+
+
+# ---- 9. certificates and keys ---------------------------------------------------------------------
+
+
+def _is_ca(cert_path: Path) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+
+
+def _as_ca(cert_path: Path, key_path: Path) -> bytes:
+    """The certificate re-signed as earlier versions made it: CA:TRUE with no path limit."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .add_extension(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def test_the_self_signed_certificate_is_a_server_certificate_with_a_private_key(tmp_path: Path) -> None:
+    """A leftover partial file (mode 0644, as a crash left it) is never written through: the key
+    is made 0600 under a name of its own. The certificate is CA:FALSE with key usage
+    digitalSignature and extended key usage serverAuth; one kept from before as a CA, or whose
+    key others could read, is made again."""
+    names = ["127.0.0.1", "localhost"]
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    (folder / "self-signed.partial").write_bytes(b"half a certificate")
+    (folder / "self-signed.partial").chmod(0o644)
+    cert_path, key_path = self_signed(names, folder)
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert oct(key_path.stat().st_mode & 0o777) == "0o600"
+    assert not _is_ca(cert_path)
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and not usage.key_cert_sign
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert sorted(p.name for p in folder.iterdir()) == ["self-signed.crt", "self-signed.key", "self-signed.partial"]
+
+    first = cert_path.read_bytes()
+    assert self_signed(names, folder) == (cert_path, key_path) and cert_path.read_bytes() == first  # kept
+    key_path.chmod(0o644)
+    self_signed(names, folder)
+    assert cert_path.read_bytes() != first and oct(key_path.stat().st_mode & 0o777) == "0o600"  # made again
+    cert_path.write_bytes(_as_ca(cert_path, key_path))
+    assert _is_ca(cert_path)
+    self_signed(names, folder)
+    assert not _is_ca(cert_path)  # made again
