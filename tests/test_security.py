@@ -511,6 +511,33 @@ def test_a_credential_that_is_not_utf8_is_wrong_not_a_server_error(
     assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
 
 
+MALFORMED = [
+    [],  # no Host
+    [b"Host: 127.0.0.1", b"Host: localhost"],
+    [b"Host: 127.0.0.1", b"Cookie: avatarcam_operator=op\x00secret"],
+    [b"Host: 127.0.0.1", b"Authorization: Bearer " + b"a" * 10_000],
+    [b"Host: 127.0.0.1", b"X-Odd header: 1"],
+]
+
+
+def test_a_request_that_does_not_parse_is_a_400_without_an_error_log(
+    tiny_avatar: Path, driver_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No Host header or two, a NUL byte in a header, a header line over aiohttp's limit: 4xx,
+    logged in one line at INFO, never an ERROR with a traceback (anyone can send these)."""
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> list[int]:
+        async with running(shared_config(tiny_avatar, driver_video)) as server:
+            return [await fuzzing.raw_request(server.port, b"/api/info", headers) for headers in MALFORMED]
+
+    statuses = asyncio.run(scenario())
+    assert all(400 <= status < 500 for status in statuses), statuses
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
+    assert sum("answered 4" in r.getMessage() for r in caplog.records) == len(MALFORMED)
+
+
 CHANNEL_JUNK: list[str | bytes] = [
     "[" * 30_000 + "]" * 30_000,  # nested beyond the JSON parser's recursion limit
     '{"a":' * 10_000 + "1" + "}" * 10_000,

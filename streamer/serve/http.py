@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from streamer.serve.config import ServeConfig
 from streamer.serve.security import (
@@ -52,6 +53,21 @@ ROLE = web.RequestKey("role", Role)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class RequestLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's log for handling requests. A request it cannot parse (no Host header or two, a
+    NUL byte in a header, a line too long) is the client's fault and is answered 400: that is
+    one INFO line here, not an ERROR with a traceback, so garbage sent to the port cannot fill
+    the log with errors. Anything else stays an ERROR."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            reason = (str(exc.message).strip().splitlines() or [""])[0]
+            self.info(f"{msg}: answered {exc.code}, %s", *args, reason[:200])
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
 
 
 def _error(status: int, message: str, retry_after: int | None = None) -> web.Response:
@@ -96,7 +112,8 @@ class Server:
         )
         if web_root.is_dir():
             app.router.add_static("/static", web_root)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        request_log = RequestLog(logging.getLogger("aiohttp.server"))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=request_log)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self._tls())
         await site.start()
