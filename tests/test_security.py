@@ -538,6 +538,29 @@ def test_a_request_that_does_not_parse_is_a_400_without_an_error_log(
     assert sum("answered 4" in r.getMessage() for r in caplog.records) == len(MALFORMED)
 
 
+def test_an_origin_that_does_not_parse_is_refused_not_a_server_error(
+    tiny_avatar: Path, driver_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An Origin header urlsplit cannot read (a bracket left open, not an address in brackets)
+    is not this service's origin: 403, never a 500 (found by the fuzzer)."""
+    caplog.set_level(logging.WARNING)
+    origins = [b"http://[::1", b"http://[x]:80", b"http://[::1]:99999"]
+
+    async def scenario() -> list[int]:
+        async with running(shared_config(tiny_avatar, driver_video)) as server:
+            host = b"Host: 127.0.0.1:%d" % server.port
+            return [
+                await fuzzing.raw_request(server.port, path, [host, b"Origin: " + origin], method=method)
+                for origin in origins
+                for method, path in ((b"POST", b"/api/control"), (b"GET", b"/ws"))
+            ]
+
+    statuses = asyncio.run(scenario())
+    assert statuses == [403] * 2 * len(origins), statuses
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
+
+
 CHANNEL_JUNK: list[str | bytes] = [
     "[" * 30_000 + "]" * 30_000,  # nested beyond the JSON parser's recursion limit
     '{"a":' * 10_000 + "1" + "}" * 10_000,

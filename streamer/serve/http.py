@@ -227,7 +227,10 @@ class Server:
             return True
         if origin in self.config.allowed_origins:
             return True
-        return urlsplit(origin).netloc == request.host
+        try:
+            return urlsplit(origin).netloc == request.host
+        except ValueError:  # "http://[::1" and the like: not this service's origin
+            return False
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
