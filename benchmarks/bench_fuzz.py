@@ -4,9 +4,11 @@
 
 The real service with a shared file source (default: the shipped demo avatar and clip), the
 same limits as tests/test_fuzz.py. Prints progress every 1000 cases and a JSON summary: the
-answers by status, any 5xx with its case, /healthz failures, the most peers alive at once, RSS
-over time, and whether every peer was closed at the end. Exit status 1 when a 5xx or a
-/healthz failure was seen.
+answers by status (odd-header requests included), any 5xx with its case, records logged at
+ERROR or with a traceback, data-channel messages sent and probes left unanswered, /healthz
+failures, the most peers alive at once, RSS over time, and whether every peer was closed at the
+end. Exit status 1 when a 5xx, an ERROR record, an unanswered probe or a /healthz failure was
+seen.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -28,6 +31,18 @@ from streamer.serve.http import Server  # noqa: E402
 from streamer.sinks.base import SinkSpec  # noqa: E402
 from streamer.sources.base import SourceSpec  # noqa: E402
 from tests import fuzzing  # noqa: E402
+
+
+class ErrorRecords(logging.Handler):
+    """Keeps what was logged at ERROR or with a traceback (the service promises neither)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR or record.exc_info:
+            self.records.append(f"{record.name}: {record.getMessage()[:300]}")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
@@ -45,6 +60,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         admission="limit",
         operator_token="fuzz-operator",
     )
+    errors = ErrorRecords()
+    logging.getLogger().addHandler(errors)
     server = Server(config)
     await server.startup()
     start = time.monotonic()
@@ -63,12 +80,18 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         left = len(server.service.peers)
     finally:
         await server.shutdown()
+        logging.getLogger().removeHandler(errors)
     return {
         "seed": args.seed,
         "cases": report.cases,
         "seconds": round(time.monotonic() - start, 1),
         "statuses": dict(sorted(report.statuses.items())),
         "server_errors": report.server_errors,
+        "error_records": len(errors.records),
+        "first_error_records": errors.records[:10],
+        "channel_messages": report.channel_messages,
+        "channel_connects": report.channel_connects,
+        "channel_failures": report.channel_failures[:10],
         "health_failures": report.health_failures,
         "max_peers": report.max_peers,
         "peers_left": left,
@@ -91,7 +114,8 @@ def main() -> None:
     torch.set_num_threads(1)
     summary = asyncio.run(main_async(args))
     print(json.dumps(summary, indent=2))
-    sys.exit(1 if summary["server_errors"] or summary["health_failures"] else 0)
+    failed = summary["server_errors"] or summary["error_records"] or summary["channel_failures"]
+    sys.exit(1 if failed or summary["health_failures"] else 0)
 
 
 if __name__ == "__main__":

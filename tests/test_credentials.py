@@ -138,3 +138,23 @@ def test_reenact_output_is_detected_after_vp8_at_1mbps(
     assert original["credentials"]["matches_watermark"]
     assert reencoded["fraction"] >= 0.99 and reencoded["avatar"]["match"]
     assert reencoded["credentials"] is None  # webm: the manifest did not survive the re-encode, the mark did
+
+
+def test_the_local_signing_key_is_private_even_over_a_leftover_partial_file(tmp_path: Path) -> None:
+    """A partial file that a crashed run left behind (mode 0644) is never written through: the
+    key is created anew, mode 0600, under a name of its own."""
+    folder = tmp_path / "pki"
+    folder.mkdir()
+    for name in ("signer.key.partial", "ca.pem.partial"):
+        (folder / name).write_bytes(b"half written")
+        (folder / name).chmod(0o644)
+    key = cr.local_key(folder)
+    assert oct((folder / "signer.key").stat().st_mode & 0o777) == "0o600"
+    assert (folder / "signer.key").read_bytes() == key.key
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "ca.pem",
+        "ca.pem.partial",
+        "signer.key",
+        "signer.key.partial",
+        "signer.pem",
+    ]

@@ -1,4 +1,5 @@
-"""The seeded fuzzer (tests/fuzzing.py) against the real service: only 200 or 4xx answers, no
+"""The seeded fuzzer (tests/fuzzing.py) against the real service: only 200 or 4xx answers (to
+requests, odd headers included), every data-channel message followed by a live reply, no
 logged exception, /healthz answering throughout, no peers or threads left, bounded memory.
 
 `AVATARCAM_FUZZ_CASES` and `AVATARCAM_FUZZ_SEED` change the run; `benchmarks/bench_fuzz.py`
@@ -62,11 +63,18 @@ def test_fuzzed_offers_controls_and_websocket_messages(
     report, final = asyncio.run(scenario())
     print(f"fuzz: seed {SEED}, {report.cases} cases, statuses {dict(sorted(report.statuses.items()))}")
     print(f"fuzz: websocket replies {dict(report.ws_replies)}; max peers at once {report.max_peers}")
+    print(f"fuzz: {report.channel_messages} data-channel messages over {report.channel_connects} connection(s)")
+    print(f"fuzz: cases {dict(sorted(report.labels.items()))}")
     print(f"fuzz: rss MB {[round(m) for m in report.rss_mb]}")
     assert report.cases == CASES >= 1000 or "AVATARCAM_FUZZ_CASES" in os.environ
     assert report.server_errors == []
     assert set(report.statuses) <= {200, 101} | set(range(400, 500)), report.statuses
     assert sum(v for k, v in report.statuses.items() if 400 <= k < 500) > CASES // 3
+    assert report.channel_failures == [], report.channel_failures[:5]
+    if CASES >= 200:  # every input class was sent
+        assert report.channel_messages > 0 and report.channel_connects >= 1
+        assert {label.split(":")[0] for label in report.labels} == {"offer", "control", "ws", "headers", "channel"}
+        assert any(label.startswith("offer:multi-") for label in report.labels)
     assert report.health_failures == 0 and final == 200
     logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:5]]

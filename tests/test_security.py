@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import ssl
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,17 @@ import aiohttp
 import numpy as np
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from streamer.core.rtc import tolerate_closed_connects
 from streamer.serve.config import ServeConfig
 from streamer.serve.http import Server
+from streamer.serve.security import self_signed
+from streamer.serve.service import RequestError, Service
 from streamer.sources.base import SourceSpec
+from tests import fuzzing
 from tests.media import first_frames
 from tests.test_serve import Client, StampedClip, base_url, running, shared_config, until
 
@@ -468,3 +476,281 @@ def test_tls_self_signed_is_made_once_into_the_cache_and_serves_https(
     assert first[0] == 200 and again[0] == 200
     assert mode == "0o600"
     assert cert.stat().st_mtime_ns == made  # reused, not made again
+
+
+# ---- 7. answers and logs -------------------------------------------------------------------------
+
+
+NOT_UTF8 = [
+    b"Authorization: Bearer \xff",
+    b"Authorization: Bearer op-secret\xc3",
+    b"Cookie: avatarcam_token=\xff",
+    b"Cookie: avatarcam_operator=\xfe\xff; avatarcam_token=viewer\xe9",
+]
+
+
+def test_a_credential_that_is_not_utf8_is_wrong_not_a_server_error(
+    tiny_avatar: Path, driver_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A byte that is not UTF-8 in the Authorization header or a cookie is a wrong credential:
+    401 where a token is required, the viewer's role where none is; never a 500 or an ERROR log."""
+    caplog.set_level(logging.WARNING)
+
+    async def scenario() -> dict[tuple[str | None, bytes], int]:
+        out = {}
+        for token in (None, "viewer-secret"):
+            config = shared_config(tiny_avatar, driver_video, token=token, operator_token="op-secret")
+            async with running(config) as server:
+                for header in NOT_UTF8:
+                    status = await fuzzing.raw_request(server.port, b"/api/info", [b"Host: 127.0.0.1", header])
+                    out[token, header] = status
+        return out
+
+    out = asyncio.run(scenario())
+    assert {status for (token, _), status in out.items() if token is None} == {200}, out
+    assert {status for (token, _), status in out.items() if token is not None} == {401}, out
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
+
+
+MALFORMED = [
+    [],  # no Host
+    [b"Host: 127.0.0.1", b"Host: localhost"],
+    [b"Host: 127.0.0.1", b"Cookie: avatarcam_operator=op\x00secret"],
+    [b"Host: 127.0.0.1", b"Authorization: Bearer " + b"a" * 10_000],
+    [b"Host: 127.0.0.1", b"X-Odd header: 1"],
+]
+
+
+def test_a_request_that_does_not_parse_is_a_400_without_an_error_log(
+    tiny_avatar: Path, driver_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No Host header or two, a NUL byte in a header, a header line over aiohttp's limit: 4xx,
+    logged in one line at INFO, never an ERROR with a traceback (anyone can send these)."""
+    caplog.set_level(logging.INFO)
+
+    async def scenario() -> list[int]:
+        async with running(shared_config(tiny_avatar, driver_video)) as server:
+            return [await fuzzing.raw_request(server.port, b"/api/info", headers) for headers in MALFORMED]
+
+    statuses = asyncio.run(scenario())
+    assert all(400 <= status < 500 for status in statuses), statuses
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
+    assert sum("answered 4" in r.getMessage() for r in caplog.records) == len(MALFORMED)
+
+
+def test_an_origin_that_does_not_parse_is_refused_not_a_server_error(
+    tiny_avatar: Path, driver_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An Origin header urlsplit cannot read (a bracket left open, not an address in brackets)
+    is not this service's origin: 403, never a 500 (found by the fuzzer)."""
+    caplog.set_level(logging.WARNING)
+    origins = [b"http://[::1", b"http://[x]:80", b"http://[::1]:99999"]
+
+    async def scenario() -> list[int]:
+        async with running(shared_config(tiny_avatar, driver_video)) as server:
+            host = b"Host: 127.0.0.1:%d" % server.port
+            return [
+                await fuzzing.raw_request(server.port, path, [host, b"Origin: " + origin], method=method)
+                for origin in origins
+                for method, path in ((b"POST", b"/api/control"), (b"GET", b"/ws"))
+            ]
+
+    statuses = asyncio.run(scenario())
+    assert statuses == [403] * 2 * len(origins), statuses
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
+
+
+CHANNEL_JUNK: list[str | bytes] = [
+    "[" * 30_000 + "]" * 30_000,  # nested beyond the JSON parser's recursion limit
+    '{"a":' * 10_000 + "1" + "}" * 10_000,
+    b"\xff\xfe\x00[",
+    "x" * 100_000,  # over the size limit
+    "[]",
+    '"control"',
+    '{"type": "glass", "ms": "soon"}',
+    '{"type": ["control"]}',
+]
+
+
+def refusals(client: Client) -> int:
+    return sum('"error"' in m for m in client.messages)
+
+
+def test_junk_on_a_data_channel_is_refused_without_an_error_log(
+    tiny_avatar: Path, driver_video: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deeply nested, binary, oversized and wrongly typed data-channel messages are logged as
+    malformed (WARNING) and ignored: nothing at ERROR, no traceback, and the channel keeps
+    answering (a viewer's control on the shared session gets its refusal after each)."""
+    caplog.set_level(logging.WARNING)
+
+    async def scenario() -> int:
+        async with running(shared_config(tiny_avatar, driver_video)) as server:
+            client = ChannelClient()
+            await client.connect_as(base_url(server), None)
+            for n, junk in enumerate(CHANNEL_JUNK, 1):
+                await until(lambda: client.channel.readyState == "open", "the data channel to open")
+                client.channel.send(junk)
+                await client.send({"type": "control", "action": "pause"})
+                await until(lambda: refusals(client) >= n, "the refusal")  # noqa: B023 (awaited here)
+            await client.close()
+        return refusals(client)
+
+    assert asyncio.run(scenario()) == len(CHANNEL_JUNK)
+    logged = [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert logged == [], [f"{r.name}: {r.getMessage()}" for r in logged[:3]]
+    assert sum("malformed" in r.getMessage() or "ignored" in r.getMessage() for r in caplog.records) == 6
+
+
+# ---- 8. per-client limits and ICE -----------------------------------------------------------------
+
+
+async def _status_of_offer(service: Service, client: str) -> int:
+    """200 when the service answers an offer from `client`, else the status it refuses with."""
+    try:
+        await service.offer(await silent_offer(), client)
+    except RequestError as exc:
+        return exc.status
+    return 200
+
+
+def test_per_client_limits_count_an_ipv6_64_as_one_client(driver_video: Path) -> None:
+    """A host picks any address of its IPv6 /64: the per-client session cap and the offer rate
+    count the /64 as one client (an IPv4-mapped address as its IPv4 address)."""
+    unused = Path("unused.avatar")  # no session is started: offers only reach admission and ICE
+
+    async def scenario() -> tuple[dict[str, int], dict[str, int]]:
+        tolerate_closed_connects(asyncio.get_running_loop())
+        capped = Service(shared_config(unused, driver_video, max_per_client=1, admission="limit"))
+        rated = Service(shared_config(unused, driver_video, offers_per_minute=2, admission="limit"))
+        try:
+            cap = {c: await _status_of_offer(capped, c) for c in CAP_CLIENTS}
+            rate = {c: await _status_of_offer(rated, c) for c in RATE_CLIENTS}
+        finally:
+            await capped.shutdown()
+            await rated.shutdown()
+        return cap, rate
+
+    cap, rate = asyncio.run(scenario())
+    assert list(cap.values()) == [200, 503, 503, 200, 200, 200, 503], cap
+    assert list(rate.values()) == [200, 200, 429, 200], rate
+
+
+CAP_CLIENTS = [
+    "2001:db8:1:2::1",
+    "2001:db8:1:2::abcd",  # the same /64
+    "2001:db8:1:2:ffff:ffff:ffff:ffff",
+    "2001:db8:1:3::1",  # the next /64
+    "10.0.0.1",
+    "10.0.0.2",
+    "::ffff:10.0.0.1",  # 10.0.0.1 again
+]
+RATE_CLIENTS = ["2001:db8::1", "2001:db8::2", "2001:db8::3", "2001:db8:0:1::1"]
+
+
+def _with_candidates(offer: dict[str, str], addresses: list[str]) -> dict[str, str]:
+    """`offer` with host candidates at these addresses in its first m-section. They are TCP
+    candidates, which aiortc never pairs with its UDP ones: no packet goes to them even where
+    the service would check them; the test reads what the service's ICE agent was given."""
+    lines = offer["sdp"].split("\r\n")
+    first = next(i for i, line in enumerate(lines) if line.startswith("m="))
+    added = [f"a=candidate:{n} 1 tcp {1000 + n} {a} 9 typ host tcptype active" for n, a in enumerate(addresses)]
+    return {**offer, "sdp": "\r\n".join(lines[: first + 1] + added + lines[first + 1 :])}
+
+
+def _remote_candidates(service: Service, peer_id: str) -> set[str]:
+    pc = service.peers[peer_id].pc
+    transports = {t.receiver.transport.transport for t in pc.getTransceivers()}
+    if pc.sctp is not None:
+        transports.add(pc.sctp.transport.transport)
+    return {c.ip for t in transports for c in t.getRemoteCandidates()}
+
+
+FORBIDDEN = ["169.254.169.254", "fe80::1", "fd00:ec2::254", "::ffff:169.254.169.254", "224.0.0.251", "0.0.0.0"]
+
+
+def test_an_offer_cannot_aim_ice_checks_at_metadata_or_link_local_addresses(driver_video: Path) -> None:
+    """Candidates at link-local, metadata, multicast or unspecified addresses are dropped before
+    aiortc sees the offer (loopback and LAN ones stay); more than MAX_CANDIDATES get a 400."""
+    unused = Path("unused.avatar")
+
+    async def scenario() -> tuple[set[str], int, str]:
+        tolerate_closed_connects(asyncio.get_running_loop())
+        service = Service(shared_config(unused, driver_video, admission="limit"))
+        try:
+            offer = _with_candidates(await silent_offer(), [*FORBIDDEN, "127.0.0.1", "192.168.7.7"])
+            answer = await service.offer(offer, "127.0.0.1")
+            given = _remote_candidates(service, answer["peer"])
+            many = _with_candidates(await silent_offer(), [f"127.0.{n // 250}.{n % 250 + 1}" for n in range(1000)])
+            try:
+                await service.offer(many, "127.0.0.1")
+                status, message = 200, ""
+            except RequestError as exc:
+                status, message = exc.status, str(exc)
+        finally:
+            await service.shutdown()
+        return given, status, message
+
+    given, status, message = asyncio.run(scenario())
+    assert given == {"127.0.0.1", "192.168.7.7"}, given
+    assert status == 400 and "1000 ICE candidates" in message, (status, message)
+
+
+# ---- 9. certificates and keys ---------------------------------------------------------------------
+
+
+def _is_ca(cert_path: Path) -> bool:
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+
+
+def _as_ca(cert_path: Path, key_path: Path) -> bytes:
+    """The certificate re-signed as earlier versions made it: CA:TRUE with no path limit."""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(cert.subject)
+        .issuer_name(cert.issuer)
+        .public_key(cert.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(cert.not_valid_before_utc)
+        .not_valid_after(cert.not_valid_after_utc)
+        .add_extension(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value, critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    )
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def test_the_self_signed_certificate_is_a_server_certificate_with_a_private_key(tmp_path: Path) -> None:
+    """A leftover partial file (mode 0644, as a crash left it) is never written through: the key
+    is made 0600 under a name of its own. The certificate is CA:FALSE with key usage
+    digitalSignature and extended key usage serverAuth; one kept from before as a CA, or whose
+    key others could read, is made again."""
+    names = ["127.0.0.1", "localhost"]
+    folder = tmp_path / "tls"
+    folder.mkdir()
+    (folder / "self-signed.partial").write_bytes(b"half a certificate")
+    (folder / "self-signed.partial").chmod(0o644)
+    cert_path, key_path = self_signed(names, folder)
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    assert oct(key_path.stat().st_mode & 0o777) == "0o600"
+    assert not _is_ca(cert_path)
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and not usage.key_cert_sign
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [ExtendedKeyUsageOID.SERVER_AUTH]
+    assert sorted(p.name for p in folder.iterdir()) == ["self-signed.crt", "self-signed.key", "self-signed.partial"]
+
+    first = cert_path.read_bytes()
+    assert self_signed(names, folder) == (cert_path, key_path) and cert_path.read_bytes() == first  # kept
+    key_path.chmod(0o644)
+    self_signed(names, folder)
+    assert cert_path.read_bytes() != first and oct(key_path.stat().st_mode & 0o777) == "0o600"  # made again
+    cert_path.write_bytes(_as_ca(cert_path, key_path))
+    assert _is_ca(cert_path)
+    self_signed(names, folder)
+    assert not _is_ca(cert_path)  # made again

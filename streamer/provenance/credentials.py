@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import datetime
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamer.core.files import write_atomic
 from streamer.provenance.watermark import MARKER, identity_digest
 
 TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -123,14 +123,12 @@ def _generate(folder: Path, ca_path: Path, chain_path: Path, key_path: Path) -> 
     pem = serialization.Encoding.PEM
     folder.mkdir(parents=True, exist_ok=True)
     private = signer_key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    partial = key_path.with_name(key_path.name + ".partial")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(private)
-    for path, data in ((ca_path, ca.public_bytes(pem)), (chain_path, signer.public_bytes(pem) + ca.public_bytes(pem))):
-        path.with_name(path.name + ".partial").write_bytes(data)
-    for path in (ca_path, chain_path, key_path):  # the key pair lands only when all three are written
-        path.with_name(path.name + ".partial").replace(path)
+    # `local_key` uses the three only together, and the CA is written last: an interrupted
+    # run leaves no CA, and the next one makes a new set.
+    ca_path.unlink(missing_ok=True)
+    write_atomic(key_path, private, 0o600)
+    write_atomic(chain_path, signer.public_bytes(pem) + ca.public_bytes(pem))
+    write_atomic(ca_path, ca.public_bytes(pem))
 
 
 def user_key(cert: Path, key: Path) -> SigningKey:

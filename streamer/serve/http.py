@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from streamer.serve.config import ServeConfig
 from streamer.serve.cookies import SessionCookies
@@ -66,6 +67,21 @@ ROLE = web.RequestKey("role", Role)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+class RequestLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's log for handling requests. A request it cannot parse (no Host header or two, a
+    NUL byte in a header, a line too long) is the client's fault and is answered 400: that is
+    one INFO line here, not an ERROR with a traceback, so garbage sent to the port cannot fill
+    the log with errors. Anything else stays an ERROR."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
+            reason = (str(exc.message).strip().splitlines() or [""])[0]
+            self.info(f"{msg}: answered {exc.code}, %s", *args, reason[:200])
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
 def _error(status: int, message: str, retry_after: int | None = None) -> web.Response:
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return web.json_response({"error": message}, status=status, headers=headers)
@@ -110,7 +126,8 @@ class Server:
         )
         if web_root.is_dir():
             app.router.add_static("/static", web_root)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        request_log = RequestLog(logging.getLogger("aiohttp.server"))
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=request_log)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self._tls())
         await site.start()
@@ -240,7 +257,10 @@ class Server:
             return True
         if origin in self.config.allowed_origins:
             return True
-        return urlsplit(origin).netloc == request.host
+        try:
+            return urlsplit(origin).netloc == request.host
+        except ValueError:  # "http://[::1" and the like: not this service's origin
+            return False
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:

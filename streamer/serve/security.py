@@ -20,6 +20,8 @@ from enum import IntEnum
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from streamer.core.files import write_atomic
+
 VIEWER_COOKIE = "avatarcam_token"
 OPERATOR_COOKIE = "avatarcam_operator"
 
@@ -86,7 +88,23 @@ class AccessPolicy:
 
 
 def _same(a: str, b: str) -> bool:
-    return hmac.compare_digest(a.encode(), b.encode())
+    # aiohttp hands a header or cookie byte that is not UTF-8 over as a lone surrogate
+    # (surrogateescape); "surrogatepass" encodes it, so such a byte is a wrong credential, not a 500.
+    return hmac.compare_digest(a.encode(errors="surrogatepass"), b.encode(errors="surrogatepass"))
+
+
+def client_group(address: str) -> str:
+    """What the per-client limits count as one client: an IPv4 address, or the /64 network of
+    an IPv6 address (a host picks any of its network's 2**64 addresses at will)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%")[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def local_addresses() -> list[str]:
@@ -114,20 +132,19 @@ def state_dir() -> Path:
 
 def self_signed(names: list[str], folder: Path | None = None) -> tuple[Path, Path]:
     """A certificate for `names` (host names or IP addresses) and its key, made once and kept in
-    `folder` (default: `state_dir()/tls`); made again when the names change or it expires soon."""
+    `folder` (default: `state_dir()/tls`); made again when the names change, it expires soon, it
+    is a CA (as earlier versions made it) or others could read the key."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
     folder = folder or state_dir() / "tls"
     cert_path, key_path = folder / "self-signed.crt", folder / "self-signed.key"
     wanted = sorted(set(names))
     now = datetime.datetime.now(datetime.UTC)
-    if cert_path.is_file() and key_path.is_file():
-        with_names = _cert_names(cert_path.read_bytes())
-        if with_names is not None and with_names[0] == wanted and with_names[1] > now + datetime.timedelta(days=7):
-            return cert_path, key_path
+    if _reusable(cert_path, key_path, wanted, now + datetime.timedelta(days=7)):
+        return cert_path, key_path
 
     key = ec.generate_private_key(ec.SECP256R1())
     alt: list[x509.GeneralName] = []
@@ -146,21 +163,37 @@ def self_signed(names: list[str], folder: Path | None = None) -> tuple[Path, Pat
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=365))
         .add_extension(x509.SubjectAlternativeName(alt), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        # A server certificate, not a CA: trusting it trusts this one server, not everything
+        # its key (kept in the cache) could sign.
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(key, hashes.SHA256())
     )
     folder.mkdir(parents=True, exist_ok=True)
     key_bytes = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    partial_key = key_path.with_suffix(".partial")
-    partial_key.touch(mode=0o600)
-    partial_key.write_bytes(key_bytes)
-    partial_key.replace(key_path)
-    partial_cert = cert_path.with_suffix(".partial")
-    partial_cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    partial_cert.replace(cert_path)
+    write_atomic(key_path, key_bytes, 0o600)
+    write_atomic(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path, key_path
+
+
+def _reusable(cert_path: Path, key_path: Path, names: list[str], valid_until: datetime.datetime) -> bool:
+    """The kept certificate names `names`, is valid until `valid_until`, is not a CA (as this
+    module made them before), and its key is readable by its owner only."""
+    from cryptography import x509
+
+    if not (cert_path.is_file() and key_path.is_file()) or key_path.stat().st_mode & 0o077:
+        return False
+    found = _cert_names(cert_path.read_bytes())
+    if found is None or found[0] != names or found[1] <= valid_until:
+        return False
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        return not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
 
 
 def _cert_names(pem: bytes) -> tuple[list[str], datetime.datetime] | None:

@@ -29,7 +29,9 @@ from streamer.provenance.identity import is_demo_identity, public_identity
 from streamer.provenance.watermark import identity_digest
 from streamer.serve.capacity import Capacity, time_encoder
 from streamer.serve.config import ServeConfig
+from streamer.serve.ice import screen_candidates
 from streamer.serve.peers import Peer, close_connection
+from streamer.serve.security import client_group
 from streamer.serve.status import History, snapshot, usable_cores
 from streamer.sinks import SINKS, open_sink
 from streamer.sinks.base import Sink, SinkContext, SinkError
@@ -49,6 +51,9 @@ class RequestError(Exception):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
+
+
+MAX_CHANNEL_MESSAGE = 64 * 1024  # bytes (or characters) of one data-channel message; control is tens
 
 
 OPERATOR_ONLY = "this needs the operator credential: open the dashboard URL avatarcam serve printed"
@@ -222,19 +227,20 @@ class Service:
         """Rate limit, slots and capacity for a new peer from `client`; the peer it `replacing`
         takes over is counted as gone (its slot is the new one's)."""
         now = time.monotonic()
+        group = client_group(client)  # an IPv6 /64 is one client
         for address in [a for a, times in self._offers.items() if not times or now - times[-1] >= 60]:
             del self._offers[address]  # forget quiet clients: the table stays small
-        recent = [t for t in self._offers.get(client, []) if now - t < 60]
+        recent = [t for t in self._offers.get(group, []) if now - t < 60]
         if len(recent) >= self.config.offers_per_minute:
-            raise RequestError(429, f"too many offers from {client}; wait a minute", retry_after=60)
-        self._offers[client] = [*recent, now]
+            raise RequestError(429, f"too many offers from {group}; wait a minute", retry_after=60)
+        self._offers[group] = [*recent, now]
         peers = [p for p in self.peers.values() if p is not replacing]
         if len(peers) >= self.config.max_sessions:
             raise RequestError(503, f"server busy: {len(peers)} sessions (the limit); try again later", retry_after=5)
-        own = sum(1 for p in peers if p.client == client)
+        own = sum(1 for p in peers if client_group(p.client) == group)
         if own >= self.config.max_per_client:
             raise RequestError(
-                503, f"server busy: {client} already holds {own} sessions (the limit per client)", retry_after=5
+                503, f"server busy: {group} already holds {own} sessions (the limit per client)", retry_after=5
             )
         if self.config.admission == "capacity":
             webrtc = self.config.source.kind == "webrtc"
@@ -343,6 +349,12 @@ class Service:
             session.add_sink(peer.track)
             peer.session = session
 
+        try:
+            sdp, dropped = screen_candidates(sdp)
+        except ValueError as exc:
+            raise RequestError(400, str(exc)) from None
+        if dropped:
+            log.info("peer %s: no checks to ICE candidates at %s", peer.id, ", ".join(sorted(set(dropped))[:8]))
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         if self.config.source.kind == "webrtc" and peer.session is None:
             raise RequestError(400, "this server drives avatars from browser cameras: the offer must send video")
@@ -377,10 +389,13 @@ class Service:
         task.add_done_callback(self._closing.discard)
 
     async def _on_peer_message(self, peer: Peer, message: Any) -> None:
+        if len(message) > MAX_CHANNEL_MESSAGE:
+            log.warning("peer %s sent a %d-byte message (over %d); ignored", peer.id, len(message), MAX_CHANNEL_MESSAGE)
+            return
         try:
             data = json.loads(message)
             kind = data.get("type")
-        except (ValueError, AttributeError, TypeError):
+        except (ValueError, AttributeError, TypeError, RecursionError):  # RecursionError: nested too deeply
             log.warning("peer %s sent a malformed message", peer.id)
             return
         session = peer.session or self.shared
