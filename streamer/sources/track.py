@@ -56,11 +56,6 @@ class TrackSource:
         self._drain: asyncio.Task[None] | None = None
         self._count = 0
 
-    @property
-    def dropped(self) -> int:
-        """Frames replaced in the slot before the session took them."""
-        return self._latest.dropped
-
     async def _pull(self) -> None:
         """Take every frame off aiortc's queue as it arrives; only the newest waits."""
         from aiortc.mediastreams import MediaStreamError
