@@ -140,7 +140,7 @@ class Fuzzer:
             starts = [i for i, line in enumerate(lines) if line.startswith("m=")] + [len(lines)]
             k = rng.randrange(len(starts) - 1)
             section = lines[starts[k] : starts[k + 1]]
-            lines += section * rng.randint(1, 3)
+            lines += section * rng.choice([1, 2, 3, 40])  # a second video section is refused (400)
         elif how == "numbers":
             i = rng.randrange(len(lines))
             words = lines[i].split(" ")

@@ -42,6 +42,10 @@ T = TypeVar("T")
 MAX_FAILURES = 10  # consecutive frames failing in a stage before the session ends
 
 
+class SessionStopped(Exception):
+    """`stop()` came while the session was still starting."""
+
+
 @dataclass(frozen=True)
 class AvatarEntry:
     """An avatar the service can show.
@@ -209,6 +213,10 @@ class AvatarSession:
         self._driving: _Driving | None = None
         self._generating: _Generating | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        # start() and set_avatar() build in the stage threads for seconds; stop() waits for them
+        # on this lock (never blocking the loop) and they give back what they built once stopped.
+        self._building = asyncio.Lock()
+        self._stopped = False
         self._failures = {"track": 0, "infer": 0}
         self._last_input = clock.now()
         self._idle_image: U8 = np.zeros((2, 2, 3), np.uint8)
@@ -218,9 +226,17 @@ class AvatarSession:
         return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
 
     async def start(self) -> None:
-        """Load the tracker and engine (in their threads), then start the stage tasks."""
-        self._driving = await self._run(self._drive_exec, _Driving, self.entry, self.config.live, self.config.idle)
-        self._generating = await self._run(self._infer_exec, _Generating, self.entry, self.config)
+        """Load the tracker and engine (in their threads), then start the stage tasks. Raises
+        SessionStopped when `stop()` came meanwhile (what was built is closed by `stop()`)."""
+        async with self._building:
+            if not self._stopped:
+                self._driving = await self._run(
+                    self._drive_exec, _Driving, self.entry, self.config.live, self.config.idle
+                )
+            if not self._stopped:
+                self._generating = await self._run(self._infer_exec, _Generating, self.entry, self.config)
+            if self._stopped:
+                raise SessionStopped(f"session {self.id} was stopped while starting")
         self.state = State.RUNNING
         loop = asyncio.get_running_loop()
         self._last_input = self.clock.now()
@@ -355,14 +371,21 @@ class AvatarSession:
             raise ValueError(
                 f"avatar {entry.name} is {entry.resolution} px but this session runs at {self.entry.resolution} px"
             )
-        driving = await self._run(self._drive_exec, _Driving, entry, self.config.live, self.config.idle)
-        generating = await self._run(self._infer_exec, _Generating, entry, self.config)
-        old_driving, old_generating = self._driving, self._generating
-        self._driving, self._generating, self.entry = driving, generating, entry
-        if old_driving is not None:
-            await self._run(self._drive_exec, old_driving.close)
-        if old_generating is not None:
-            await self._run(self._infer_exec, old_generating.close)
+        async with self._building:
+            if self._stopped:
+                return
+            driving = await self._run(self._drive_exec, _Driving, entry, self.config.live, self.config.idle)
+            generating = await self._run(self._infer_exec, _Generating, entry, self.config)
+            if self._stopped:  # stop() came while building: give back the new parts, not only the old
+                await self._run(self._drive_exec, driving.close)
+                await self._run(self._infer_exec, generating.close)
+                return
+            old_driving, old_generating = self._driving, self._generating
+            self._driving, self._generating, self.entry = driving, generating, entry
+            if old_driving is not None:
+                await self._run(self._drive_exec, old_driving.close)
+            if old_generating is not None:
+                await self._run(self._infer_exec, old_generating.close)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -376,7 +399,10 @@ class AvatarSession:
         }
 
     async def stop(self) -> None:
-        """Stop the stages and release the source, threads, tracker and engine."""
+        """Stop the stages and release the source, threads, tracker and engine. Called while
+        `start()` or `set_avatar()` still builds, it waits for that build without blocking the
+        loop, and closes what it built."""
+        self._stopped = True
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -384,9 +410,13 @@ class AvatarSession:
         await self.source.close()
         for sink in self.sinks:
             await sink.close()
-        if self._driving is not None:
-            await self._run(self._drive_exec, self._driving.close)
-        if self._generating is not None:
-            await self._run(self._infer_exec, self._generating.close)
-        self._drive_exec.shutdown(wait=True)
-        self._infer_exec.shutdown(wait=True)
+        async with self._building:
+            if self._driving is not None:
+                await self._run(self._drive_exec, self._driving.close)
+                self._driving = None
+            if self._generating is not None:
+                await self._run(self._infer_exec, self._generating.close)
+                self._generating = None
+            # Every job these threads ran has been awaited: joining them does not wait.
+            self._drive_exec.shutdown(wait=True)
+            self._infer_exec.shutdown(wait=True)

@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +27,7 @@ from streamer.serve.cookies import SessionCookies
 from streamer.serve.security import (
     AccessPolicy,
     Role,
+    client_group,
     local_addresses,
     loopback_names,
     self_signed,
@@ -58,6 +60,12 @@ SECURITY_HEADERS = {
 }
 
 
+SEND_TIMEOUT = 10.0  # seconds a websocket client may take to accept one message before it is closed
+
+
+MAX_SOCKETS_PER_CLIENT = 8  # websockets one client (an address; an IPv6 /64) may hold open
+
+
 OPERATOR_ROUTES = ("/dashboard", "/api/control")
 
 
@@ -87,6 +95,60 @@ def _error(status: int, message: str, retry_after: int | None = None) -> web.Res
     return web.json_response({"error": message}, status=status, headers=headers)
 
 
+class Outbox:
+    """One websocket's sender, so that no client's send waits behind another's: it holds only
+    the newest snapshot (a slow reader skips the ones in between) and the replies to the
+    client's own requests, and closes the connection of a client that has not accepted a
+    message within SEND_TIMEOUT seconds."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        self.ws = ws
+        self.client = request.remote or "unknown"
+        self._transport = request.transport
+        self._snapshot: str | None = None
+        self._replies: deque[str] = deque(maxlen=16)
+        self._ready = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._send(), name=f"ws-{self.client}")
+
+    def snapshot(self, message: str) -> None:
+        self._snapshot = message
+        self._ready.set()
+
+    def reply(self, message: str) -> None:
+        self._replies.append(message)
+        self._ready.set()
+
+    async def _send(self) -> None:
+        try:
+            while True:
+                await self._ready.wait()
+                self._ready.clear()
+                while self._replies or self._snapshot is not None:
+                    if self._replies:
+                        message = self._replies.popleft()
+                    else:
+                        message, self._snapshot = self._snapshot or "", None
+                    await asyncio.wait_for(self.ws.send_str(message), SEND_TIMEOUT)
+        except TimeoutError:
+            log.warning("websocket from %s accepted nothing for %.0f s; closed", self.client, SEND_TIMEOUT)
+            self.abort()
+        except (ConnectionError, RuntimeError):  # the socket closed under us
+            pass
+
+    def abort(self) -> None:
+        """Drop the connection without flushing what the client never read."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    async def close(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        try:
+            await asyncio.wait_for(self.ws.close(), 1.0)
+        except TimeoutError:
+            self.abort()
+
+
 class Server:
     """The live service behind HTTP. `startup()` binds and returns the port, `main_loop()` runs
     until `should_exit` is set, `shutdown()` closes everything within the configured timeout."""
@@ -101,7 +163,7 @@ class Server:
         self.should_exit = asyncio.Event()
         self.port = 0
         self._runner: web.AppRunner | None = None
-        self._sockets: set[web.WebSocketResponse] = set()
+        self._sockets: dict[web.WebSocketResponse, Outbox] = {}
         self._feed: asyncio.Task[None] | None = None
 
     # ---- lifecycle -----------------------------------------------------------------------------
@@ -190,13 +252,15 @@ class Server:
             log.warning("shutdown took longer than %.1f s; cancelling the rest", self.config.shutdown_timeout)
 
     async def _close_all(self) -> None:
-        for ws in list(self._sockets):
-            await ws.close()
+        for outbox in list(self._sockets.values()):
+            await outbox.close()
         await self.service.shutdown()
         if self._runner is not None:
             await self._runner.cleanup()
 
     async def _push_feed(self) -> None:
+        """Stats, capacity, history and the dashboards' snapshots: this task never waits for a
+        client (each socket's Outbox sends on its own)."""
         while True:
             await asyncio.sleep(FEED_PERIOD)
             self.service.push_stats()
@@ -204,9 +268,8 @@ class Server:
             self.service.record(snapshot)  # kept whether or not a dashboard is open
             if self._sockets:
                 message = json.dumps(snapshot)
-                for ws in list(self._sockets):
-                    with contextlib.suppress(ConnectionError, RuntimeError):
-                        await ws.send_str(message)
+                for outbox in list(self._sockets.values()):
+                    outbox.snapshot(message)
 
     # ---- middlewares: errors, token, origin -----------------------------------------------------
 
@@ -327,11 +390,16 @@ class Server:
         return web.json_response({"ok": True, "sessions": len(self.service.sessions())})
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        client = request.remote or "unknown"
+        group = client_group(client)  # an IPv6 /64 is one client, as for peers
+        if sum(1 for o in self._sockets.values() if client_group(o.client) == group) >= MAX_SOCKETS_PER_CLIENT:
+            log.info("refused a websocket from %s: it holds %d already", client, MAX_SOCKETS_PER_CLIENT)
+            raise RequestError(429, f"{client} holds {MAX_SOCKETS_PER_CLIENT} websockets already (the limit)")
         ws = web.WebSocketResponse(heartbeat=10, max_msg_size=64 * 1024)
         operator = request.get(ROLE) is Role.OPERATOR
         await ws.prepare(request)
-        self._sockets.add(ws)
-        await ws.send_str(json.dumps(self.service.first_snapshot()))
+        outbox = self._sockets[ws] = Outbox(ws, request)
+        outbox.reply(json.dumps(self.service.first_snapshot()))  # a reply: never replaced by a later snapshot
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
@@ -346,9 +414,10 @@ class Server:
                     reply = {"type": "control", **reply}
                 except (ValueError, RecursionError, RequestError) as exc:
                     reply = {"type": "error", "error": str(exc)}
-                await ws.send_str(json.dumps(reply))
+                outbox.reply(json.dumps(reply))
         finally:
-            self._sockets.discard(ws)
+            self._sockets.pop(ws, None)
+            outbox.task.cancel()
         return ws
 
 

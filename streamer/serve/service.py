@@ -59,6 +59,18 @@ MAX_CHANNEL_MESSAGE = 64 * 1024  # bytes (or characters) of one data-channel mes
 OPERATOR_ONLY = "this needs the operator credential: open the dashboard URL avatarcam serve printed"
 
 
+def check_media_sections(sdp: str) -> None:
+    """Refuse an offer with more than one video or more than one audio section, before aiortc
+    parses it: each section gets its own decoder and its own unbounded queue of decoded frames,
+    and a 256 kB offer can carry thousands of them."""
+    kinds = [line[2:].split(" ", 1)[0] for line in sdp.splitlines() if line.startswith("m=")]
+    for kind in ("video", "audio"):
+        if kinds.count(kind) > 1:
+            raise RequestError(
+                400, f"the offer has {kinds.count(kind)} {kind} sections; send at most one video and one audio section"
+            )
+
+
 class Service:
     """Avatars, the shared session (camera or file source), per-peer sessions and peers."""
 
@@ -258,6 +270,7 @@ class Service:
         control a shared session)."""
         if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
             raise RequestError(400, 'expected JSON {"sdp": "...", "type": "offer"}')
+        check_media_sections(body["sdp"])
         options = body.get("options") or {}
         if not isinstance(options, dict):
             raise RequestError(400, "options must be an object")
@@ -337,7 +350,8 @@ class Service:
 
         @pc.on("track")
         def on_track(track: Any) -> None:
-            if track.kind != "video" or self.config.source.kind != "webrtc":
+            # A track nothing reads would fill aiortc's queue of decoded frames: drain it.
+            if track.kind != "video" or self.config.source.kind != "webrtc" or peer.session is not None:
                 peer.blackhole = peer.blackhole or MediaBlackhole()
                 peer.blackhole.addTrack(track)
                 return
