@@ -42,7 +42,9 @@ class ErrorRecords(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         if record.levelno >= logging.ERROR or record.exc_info:
-            self.records.append(f"{record.name}: {record.getMessage()[:300]}")
+            exc = record.exc_info[1] if record.exc_info else None
+            cause = f" [{type(exc).__name__}: {exc}]" if exc is not None else ""
+            self.records.append(f"{record.name}: {record.getMessage()[:300]}{cause[:300]}")
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:

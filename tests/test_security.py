@@ -22,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from streamer.core.rtc import tolerate_closed_connects
 from streamer.serve.config import ServeConfig
 from streamer.serve.http import Server
+from streamer.serve.ice import screen_candidates
 from streamer.serve.security import self_signed
 from streamer.serve.service import RequestError, Service
 from streamer.sources.base import SourceSpec
@@ -697,6 +698,15 @@ def test_an_offer_cannot_aim_ice_checks_at_metadata_or_link_local_addresses(driv
     given, status, message = asyncio.run(scenario())
     assert given == {"127.0.0.1", "192.168.7.7"}, given
     assert status == 400 and "1000 ICE candidates" in message, (status, message)
+
+
+def test_a_candidate_port_no_socket_can_send_to_is_dropped() -> None:
+    """`bench_fuzz.py --cases 20000` found it: a mangled candidate port (70000) reached aioice,
+    whose send then failed inside asyncio with an ERROR log."""
+    lines = [f"a=candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host\r" for port in ("5000", "70000", "0", "x")]
+    kept, dropped = screen_candidates("\n".join(["v=0\r", *lines, "a=end-of-candidates\r"]))
+    assert [line for line in kept.split("\n") if line.startswith("a=candidate")] == [lines[0]]
+    assert dropped == ["127.0.0.1 port 70000", "127.0.0.1 port 0", "127.0.0.1 port x"]
 
 
 # ---- 9. certificates and keys ---------------------------------------------------------------------

@@ -2,8 +2,10 @@
 
 Each `a=candidate` line of an offer makes aiortc send STUN binding requests to that address.
 A hostile offer could name thousands, or addresses no client of this service has: link-local
-ones and cloud metadata services (169.254.169.254 and the like). `screen_candidates` caps the
-count per offer and drops those addresses before aiortc sees the offer. Loopback and private
+ones and cloud metadata services (169.254.169.254 and the like), or ports no socket can send to
+(aioice takes them, then the send fails inside asyncio with an ERROR log: found by the fuzzer).
+`screen_candidates` caps the count per offer and drops those candidates before aiortc sees the
+offer. Loopback and private
 addresses stay: a client on this machine or the LAN (or a TURN relay on loopback) uses them.
 """
 
@@ -31,8 +33,9 @@ def screen_candidates(sdp: str) -> tuple[str, list[str]]:
             count += 1
             fields = line[len(PREFIX) :].split()
             address = fields[4] if len(fields) > 4 else ""
-            if not checkable(address):
-                dropped.append(address)
+            port = fields[5] if len(fields) > 5 else ""
+            if not checkable(address) or not (port.isdigit() and 0 < int(port) < 65536):
+                dropped.append(f"{address} port {port}" if checkable(address) else address)
                 continue
         kept.append(line)
     if count > MAX_CANDIDATES:
