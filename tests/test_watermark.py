@@ -17,7 +17,7 @@ from avatarcam_cli import main
 from models.avatar import read_header
 from streamer.provenance import watermark as wm
 from streamer.provenance.detect import avatar_digest
-from streamer.provenance.identity import WatermarkRequired, maybe_watermark, refuse_unmarked
+from streamer.provenance.identity import WatermarkRequired, maybe_watermark, refuse_undisclosed
 from streamer.stages.compose import ComposeConfig, Compositor
 from tests.media import first_frames, shared_video
 
@@ -131,7 +131,7 @@ def test_compositor_marks_last_and_demo_avatars_cannot_go_unmarked(frames: list[
     demo = json.loads(read_header(DEMO)["identity"])
     assert maybe_watermark(demo, enabled=False) is not None
     with pytest.raises(WatermarkRequired):
-        refuse_unmarked(demo)
+        refuse_undisclosed(DEMO, watermark=False)
 
 
 def test_no_watermark_is_refused_for_the_demo_avatar(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

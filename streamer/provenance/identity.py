@@ -137,12 +137,6 @@ def maybe_watermark(identity: Any, *, enabled: bool = True, required: bool = Fal
     return None
 
 
-def refuse_unmarked(identity: Any, *, required: bool = False) -> None:
-    """Raise WatermarkRequired when this avatar may not be published unmarked (for --no-watermark)."""
-    if required or is_demo_identity(identity):
-        raise WatermarkRequired("the shipped demo avatar is always watermarked: --no-watermark is only for your own")
-
-
 def public_identity(identity: Any) -> dict[str, Any]:
     """The identity record's `IDENTITY_FIELDS`: what a client (connect) needs to sign a recording
     of the avatar with the same digest as its mark."""
