@@ -162,6 +162,18 @@ def test_student_in_the_avatar_file(tiny_avatar: Path, student_avatar: Path, ren
     np.testing.assert_array_equal(teacher_out.image, TorchEngine(plain)(*renders).image)
 
 
+def test_an_engine_leaves_the_avatars_student_alone(student_avatar: Path, renders: tuple[U16, U8]) -> None:
+    # The GPU check found this: a CUDA half engine moved the avatar's own student to the GPU in
+    # half precision, and the next engine made from the same avatar (onnx on CPU) then failed.
+    avatar = load_avatar(student_avatar)
+    assert avatar.student is not None
+    before = TorchEngine(avatar)(*renders)
+    engine = TorchEngine(avatar)
+    engine.network.half()  # what a half-precision engine does to its network
+    assert next(avatar.student.parameters()).dtype == torch.float32
+    np.testing.assert_array_equal(TorchEngine(avatar)(*renders).image, before.image)
+
+
 @pytest.mark.gpu
 @needs_cuda
 @pytest.mark.parametrize(("half", "max_levels", "mean_levels"), [(False, 2, 0.05), (True, 12, 1.0)])

@@ -184,12 +184,12 @@ def engine_parity(avatar_path: Path, renders: tuple[U16, U8], device: str) -> di
         engine = CudaTorchEngine(avatar, device, half=half)
         got = engine(*renders)
         c = compare(key, "torch cpu fp32", both(got), ref, PARITY["fp16" if half else "fp32"])
-        # Pipelined use: two frames in flight give what one at a time gives.
+        # Pipelined use: two frames in flight give exactly what the same frames give one at a
+        # time. Both are batch 1: a batch of 2 may pick other convolution algorithms (1 level).
+        alone = [engine(renders[0][i : i + 1], renders[1][i : i + 1]).image[0] for i in (0, 1)]
         first = engine.submit(renders[0][:1], renders[1][:1])
         second = engine.submit(renders[0][1:2], renders[1][1:2])
-        same = np.array_equal(first.result().image[0], got.image[0]) and np.array_equal(
-            second.result().image[0], got.image[1]
-        )
+        same = np.array_equal(first.result().image[0], alone[0]) and np.array_equal(second.result().image[0], alone[1])
         if not same:
             c.update(status="failed", reason="two frames in flight differ from one frame at a time")
         engine.close()
@@ -563,8 +563,10 @@ def evaluation(avatar: Path, data: Path, work: Path, device: str) -> Cell:
 
 
 def run_pytest(timeout: float) -> Cell:
-    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider"]
-    command += ["--continue-on-collection-errors", "tests"]  # modules needing PyAV etc. cannot load there
+    # Only the modules that hold gpu-marked tests: the others import PyAV or aiortc at the top,
+    # which the GPU machine lacks, and collecting them would only report import errors.
+    marked = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in p.read_text())
+    command = [sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-rs", "-p", "no:cacheprovider", *marked]
     began = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)

@@ -126,9 +126,11 @@ class TeacherNet(nn.Module):
 
 def inference_network(avatar: Avatar) -> nn.Module:
     """What an engine runs for `avatar`: its distilled student when it carries one, else the
-    folded teacher. Both map (uv, shaded) in [0, 1] to (image in [-1, 1], mask in [0, 1])."""
+    folded teacher. Both map (uv, shaded) in [0, 1] to (image in [-1, 1], mask in [0, 1]).
+    The network is the engine's own copy: an engine that moves it to a device or to half
+    precision leaves the avatar, and every other engine made from it, as they were."""
     if avatar.student is not None:
-        return avatar.student.eval()
+        return copy.deepcopy(avatar.student).eval()
     return TeacherNet(avatar.generator).eval()
 
 

@@ -165,8 +165,8 @@ def detail_boxes(face: Tensor, size: int, generator: torch.Generator | None = No
     the image. Samples without a face get a random box."""
     n, _, h, w = face.shape
     on = face[:, 0] > 0  # [N, H, W]
-    ys = torch.arange(h, dtype=torch.float32).view(1, h, 1)
-    xs = torch.arange(w, dtype=torch.float32).view(1, 1, w)
+    ys = torch.arange(h, dtype=torch.float32, device=face.device).view(1, h, 1)
+    xs = torch.arange(w, dtype=torch.float32, device=face.device).view(1, 1, w)
     count = on.sum(dim=(1, 2)).float()
     centre_y = torch.where(count > 0, (on * ys).sum(dim=(1, 2)) / count.clamp(min=1), torch.full_like(count, h / 2))
     centre_x = torch.where(count > 0, (on * xs).sum(dim=(1, 2)) / count.clamp(min=1), torch.full_like(count, w / 2))
