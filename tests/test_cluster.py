@@ -114,7 +114,7 @@ def test_failover_restarts_the_session_on_another_node(cluster: Cluster, fleet: 
 
 def test_path_mode_on_a_worker_without_the_file_is_a_clear_error(fleet: Fleet) -> None:
     free = fleet.capacity().free
-    with pytest.raises(SessionFailed, match="is not on node .* every worker node must hold it"):
+    with pytest.raises(SessionFailed, match=r"is not on node .* every worker node must hold it"):
         fleet.place(_spec("nofile"), AvatarRef.shared("/srv/avatars/missing.avatar"))
     with pytest.raises(UnknownSession):
         fleet.status("nofile")
