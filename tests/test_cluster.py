@@ -19,9 +19,10 @@ pytestmark = [pytest.mark.cluster, needs_private_network]
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402
 
-from streamer.cluster.actor import RESOURCE, SessionFailed, SessionSpec  # noqa: E402
+from streamer.cluster.actor import SessionFailed, SessionSpec  # noqa: E402
 from streamer.cluster.avatars import AvatarRef  # noqa: E402
 from streamer.cluster.fleet import Fleet, FleetConfig, NoCapacity, RayDown, UnknownSession  # noqa: E402
+from streamer.cluster.names import RESOURCE  # noqa: E402
 from streamer.provenance.identity import DEMO_AVATAR, DEMO_CLIP  # noqa: E402
 
 STORE = 100 * 1024 * 1024

@@ -25,6 +25,7 @@ from typing import Any
 import ray
 
 from streamer.cluster.avatars import AvatarRef
+from streamer.cluster.names import RESOURCE
 from streamer.core.clock import MonotonicClock
 from streamer.core.metrics import Metrics
 from streamer.pipeline.session import AvatarEntry, AvatarSession, SessionConfig
@@ -34,10 +35,6 @@ from streamer.sources import open_source, parse_source
 from streamer.sources.base import SourceContext
 
 log = logging.getLogger(__name__)
-
-RESOURCE = "avatar_streams"
-"""The custom resource each node advertises (how many avatar streams it holds) and each
-session reserves one of."""
 
 
 class SessionFailed(RuntimeError):

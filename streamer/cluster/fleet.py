@@ -20,15 +20,11 @@ import ray
 from ray._private import state as ray_state  # actor states (ALIVE, PENDING_CREATION, ...): no dashboard needed
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from streamer.cluster.actor import RESOURCE, ActorOptions, SessionFailed, SessionSpec, remote_class
+from streamer.cluster.actor import ActorOptions, SessionFailed, SessionSpec, remote_class
 from streamer.cluster.avatars import AvatarRef
+from streamer.cluster.names import NAMESPACE, PREFIX, RESOURCE
 
 log = logging.getLogger(__name__)
-
-NAMESPACE = "avatarcam"
-PREFIX = "avatar-"
-"""Session actors are named `avatar-<name>` in the `avatarcam` namespace, so any gateway that
-connects to the cluster finds them."""
 
 
 class FleetError(RuntimeError):

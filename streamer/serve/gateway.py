@@ -209,7 +209,9 @@ class Gateway:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self.policy.host_ok(request.headers.get("Host")):
-            return _error(403, "host not allowed: open 127.0.0.1 or localhost, or start the gateway with --allowed-host")
+            return _error(
+                403, "host not allowed: open 127.0.0.1 or localhost, or start the gateway with --allowed-host"
+            )
         if request.method != "GET" and not self._origin_ok(request):
             return _error(403, "origin not allowed")
         if request.path == "/healthz" or request.path.endswith("/join"):  # a join carries its room's token
@@ -371,7 +373,9 @@ class Gateway:
             raise GatewayError(400, 'send {"role": "driver" or "viewer", "token": ROOM_TOKEN}')
         role = Participant(role_text)
         if not isinstance(token, str) or not record.admits(role, token):
-            raise GatewayError(403, f"wrong token for room {record.room} as {role.value}: use the link the operator gave")
+            raise GatewayError(
+                403, f"wrong token for room {record.room} as {role.value}: use the link the operator gave"
+            )
         public = self.config.janus_public_url or self.config.janus_url
         return web.json_response(
             {
