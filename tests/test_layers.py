@@ -26,6 +26,7 @@ LAYERS: tuple[tuple[tuple[str, str], ...], ...] = (
     (("core", "frames, clocks, queues, metrics and figures, stamps, logging, aiortc settings"),),
     (("provenance", "watermark, content credentials, detection, the demo-identity policy"),),
     (("stages", "compose and framing: per-frame image work between engine and sinks"),),
+    (("janus", "the Janus VideoRoom client, its server's config and process"),),
     (
         ("sources", "where frames come from: one file per kind, the `SOURCES` registry"),
         ("sinks", "where avatar frames go: one file per kind, the `SINKS` registry"),
