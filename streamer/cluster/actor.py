@@ -27,12 +27,13 @@ import ray
 from streamer.cluster.avatars import AvatarRef
 from streamer.cluster.names import RESOURCE
 from streamer.core.clock import MonotonicClock
+from streamer.core.frames import Frame
 from streamer.core.metrics import Metrics
 from streamer.pipeline.session import AvatarEntry, AvatarSession, SessionConfig
 from streamer.sinks import open_sink, parse_sink
 from streamer.sinks.base import Sink, SinkContext
 from streamer.sources import open_source, parse_source
-from streamer.sources.base import SourceContext
+from streamer.sources.base import Source, SourceContext, SourceEnded, SourceError, SourceSpec
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,34 @@ class ActorOptions:
     max_task_retries: int = 3
 
 
+class PatientSource:
+    """A room's driver as a source that waits for them: before the driver first publishes,
+    and after a connection to Janus failed, it opens the source again every `retry` seconds
+    instead of ending the session. Meanwhile the session ticks its idle pose, so viewers see
+    the avatar from the start."""
+
+    def __init__(self, spec: SourceSpec, context: SourceContext, retry: float = 1.0) -> None:
+        self.spec, self.context, self.retry = spec, context, retry
+        self.name = str(spec)
+        self._source: Source | None = None
+
+    async def recv(self) -> Frame:
+        while True:
+            if self._source is None:
+                self._source = open_source(self.spec, self.context)
+            try:
+                return await self._source.recv()
+            except (SourceError, SourceEnded) as exc:
+                log.info("source %s: %s; trying again in %.0f s", self.spec.kind, exc or "ended", self.retry)
+                await self._source.close()
+                self._source = None
+                await asyncio.sleep(self.retry)
+
+    async def close(self) -> None:
+        if self._source is not None:
+            await self._source.close()
+
+
 class SessionActor:
     """One avatar session on whichever node Ray placed it (use through `remote_class`)."""
 
@@ -112,11 +141,18 @@ class SessionActor:
         entry = await asyncio.to_thread(AvatarEntry.load, path, device=spec.device)
         entry = dataclasses.replace(entry, name=self.avatar.name)
         clock = MonotonicClock()
-        source = open_source(parse_source(spec.source), SourceContext(clock, loop=spec.loop, fps=spec.source_fps))
+        source_spec = parse_source(spec.source)
+        context = SourceContext(clock, loop=spec.loop, fps=spec.source_fps, stamps=spec.stamp)
+        source: Source = (
+            PatientSource(source_spec, context) if source_spec.kind == "janus" else open_source(source_spec, context)
+        )
         sinks: list[Sink] = []
         try:
             for text in spec.sinks:
                 sinks.append(open_sink(parse_sink(text, peers=False), SinkContext(clock, spec.fps)))
+                connect = getattr(sinks[-1], "connect", None)
+                if connect is not None:  # a Janus sink: publish now, so a bad room fails the start
+                    await connect()
         except BaseException:
             await source.close()
             for sink in sinks:

@@ -315,7 +315,7 @@ class Gateway:
                 room = await janus.create_room(
                     secret=secret, pin=pin, description=f"avatarcam {name}", admin_key=self.config.janus_admin_key
                 )
-                target = Room(self.config.janus_url, room, pin).target()
+                target = Room(self.config.janus_url, room, pin, self.config.janus_api_secret).target()
                 spec = SessionSpec(
                     f"room-{room}",
                     f"janus:{target}",
@@ -386,7 +386,8 @@ class Gateway:
                 # the driver publishes under DRIVER; everyone watches the avatar, published under AVATAR
                 "publish": DRIVER if role is Participant.DRIVER else None,
                 "subscribe": AVATAR,
-                "target": Room(public, record.room, record.pin).target(),
+                # Janus's API secret, when it has one, is every participant's to know (docs/cluster.md)
+                "target": Room(public, record.room, record.pin, self.config.janus_api_secret).target(),
             }
         )
 
