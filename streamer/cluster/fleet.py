@@ -149,7 +149,8 @@ class Fleet:
         NoCapacity when no node has a share; SessionFailed (actor gone, share freed) when it
         cannot start there."""
         self.connect()
-        if self.capacity().free < self.config.actor.streams:
+        free = self.capacity().free
+        if free < self.config.actor.streams:
             raise self._no_capacity()
         handle = self.actor_class.options(name=PREFIX + spec.name, namespace=NAMESPACE, lifetime="detached").remote(
             spec, avatar
@@ -166,6 +167,7 @@ class Fleet:
                     raise self._no_capacity()  # another gateway took the share meanwhile
         except (RayTaskError, RayActorError, SessionFailed) as exc:
             self._kill(handle)
+            self._wait_free(free)  # a refused session gives its share back before the caller hears of it
             raise SessionFailed(_cause(exc)) from None
         except BaseException:
             self._kill(handle)
@@ -217,18 +219,22 @@ class Fleet:
     def end(self, name: str) -> None:
         """Stop the session, kill its actor (no restart) and wait until its share is free."""
         handle = self.handle(name)
-        before = ray.available_resources().get(RESOURCE, 0.0)
+        before = self._free()
         try:
             ray.get(handle.stop.remote(), timeout=30.0)
         except Exception as exc:  # a dead or stuck session still gets killed
             log.warning("session %s did not stop cleanly: %s", name, _cause(exc))
         self._kill(handle)
+        self._wait_free(before + self.config.actor.streams)
+
+    def _free(self) -> float:
+        return float(ray.available_resources().get(RESOURCE, 0.0))
+
+    def _wait_free(self, at_least: float) -> None:
+        """Wait (up to release_timeout) until Ray reports `at_least` streams free: a killed
+        actor's share comes back a moment after the kill."""
         deadline = time.monotonic() + self.config.release_timeout
-        while time.monotonic() < deadline:
-            if ray.available_resources().get(RESOURCE, 0.0) > before or self._state(handle) == "DEAD":
-                break
-            time.sleep(0.2)
-        while time.monotonic() < deadline and ray.available_resources().get(RESOURCE, 0.0) <= before:
+        while self._free() < at_least and time.monotonic() < deadline:
             time.sleep(0.2)
 
     def _kill(self, handle: Any) -> None:
