@@ -98,7 +98,7 @@ class PatientSource:
 
     def __init__(self, spec: SourceSpec, context: SourceContext, retry: float = 1.0) -> None:
         self.spec, self.context, self.retry = spec, context, retry
-        self.name = str(spec)
+        self.name = f"{spec.kind}:{spec.target.partition('#')[0]}"  # no pin in names, logs and status
         self._source: Source | None = None
 
     async def recv(self) -> Frame:

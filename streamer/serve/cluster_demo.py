@@ -67,14 +67,16 @@ def _call(origin: str, method: str, path: str, token: str, body: object = None) 
 
 async def _run(expose: bool, port: int) -> None:
     import ray
-    from aiortc.contrib.media import MediaPlayer
     from ray.cluster_utils import Cluster
 
     from streamer.cluster.names import RESOURCE
+    from streamer.core.clock import MonotonicClock
     from streamer.janus.client import DRIVER, JanusSession, Room
     from streamer.janus.server import JanusServer, JanusServerConfig
     from streamer.provenance.identity import DEMO_AVATAR, DEMO_CLIP
     from streamer.serve.gateway import Gateway, GatewayConfig
+    from streamer.sinks.webrtc import AvatarTrack
+    from streamer.sources.file import FileSource
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -113,10 +115,17 @@ async def _run(expose: bool, port: int) -> None:
             {"role": "driver", "token": tokens["driver"]},
         )  # fmt: skip
         room = Room.parse(str(joined["target"]))
-        player = MediaPlayer(str(DEMO_CLIP), loop=True)
+        # the driver: the shipped clip, paced like a camera, as a WebRTC track (serve's own classes)
+        clock = MonotonicClock()
+        clip, camera = FileSource(DEMO_CLIP, clock, loop=True), AvatarTrack(clock)
+
+        async def drive() -> None:
+            while True:
+                camera.send(await clip.recv())
+
+        driving = asyncio.create_task(drive(), name="driver")
         janus_session = await JanusSession.open(room.url, api_secret=room.api_secret)
-        assert player.video is not None
-        publisher = await janus_session.publish(room, player.video, display=DRIVER)
+        publisher = await janus_session.publish(room, camera, display=DRIVER)
         print(f"cluster-demo: room {room_number}, driven by {DEMO_CLIP.name}, session on node {created['node']}")
         links = created["links"]
         assert isinstance(links, dict)
@@ -131,8 +140,10 @@ async def _run(expose: bool, port: int) -> None:
         try:
             await stop.wait()
         finally:
+            driving.cancel()
             await publisher.close()
             await janus_session.close()
+            await clip.close()
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(_call, gateway.origin, "DELETE", f"/api/rooms/{room_number}", token)
             await gateway.shutdown()
