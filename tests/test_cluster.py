@@ -294,7 +294,7 @@ def test_gateway_refuses_the_stream_after_the_last_with_503_and_admits_it_once_o
     assert status == 503 and headers["Retry-After"] == "7"
     assert "all 2 avatar streams of the cluster are in use" in body["error"]
     assert set(gateway.gateway.rooms) == {first["room"], second["room"]}  # the refused one left no room
-    status, _, fleet_view = gateway.call("GET", "/api/fleet")
+    _, _, fleet_view = gateway.call("GET", "/api/fleet")
     assert fleet_view["capacity"] == {"total": 2, "free": 0, "used": 2}
     assert {s["room"] for s in fleet_view["sessions"]} == {first["room"], second["room"]}
     assert gateway.call("DELETE", f"/api/rooms/{first['room']}")[0] == 200
@@ -362,6 +362,9 @@ def test_gateway_bad_input_each_gets_a_clear_error_and_loses_nothing(
     assert status == 403  # a viewer's token does not make a driver
     status, _, body = gateway.call("POST", "/api/rooms", {"avatar": "cap12"}, token=viewer)
     assert status == 403 and "operator token" in body["error"]  # a room's token opens no other door
+    with urllib.request.urlopen(f"{gateway.gateway.origin}/dashboard?token={OPERATOR}", timeout=30) as page:
+        assert b"/static/fleet.js" in page.read()  # the fleet view, for the operator only:
+    assert gateway.call("GET", "/dashboard", token=None)[0] == 403
     status, _, body = gateway.call("POST", "/api/rooms", {"avatar": "nobody"})
     assert status == 400 and "unknown avatar 'nobody'" in body["error"] and "cap12" in body["error"]
 

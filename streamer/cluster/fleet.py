@@ -51,7 +51,10 @@ class FleetConfig:
         address: the Ray head's GCS address (host:port, as `ray start --head` prints it).
         actor: resources and restart policy of each session actor.
         start_timeout: seconds a placed session may take to load its avatar and start.
-        pending_grace: seconds a session may wait for a node before it counts as refused.
+        pending_grace: seconds a session may wait for a node before it counts as refused. Ray
+            reports a starting worker (imports take seconds on a loaded node) and an actor
+            waiting for a share alike (PENDING_CREATION), so this is long; the capacity check
+            before placing refuses at once, this only settles a race between two gateways.
         release_timeout: seconds `end` waits for Ray to report the share free again.
         connect_timeout: seconds the head's port may take to accept a connection.
     """
@@ -59,7 +62,7 @@ class FleetConfig:
     address: str = "127.0.0.1:6379"
     actor: ActorOptions = field(default_factory=ActorOptions)
     start_timeout: float = 180.0
-    pending_grace: float = 5.0
+    pending_grace: float = 60.0
     release_timeout: float = 30.0
     connect_timeout: float = 3.0
 

@@ -2,7 +2,8 @@
 
 aiohttp on one port, with serve's security (Host allow-list, tokens, cookies, headers):
 
-- `/` the page, `/dashboard` the operator dashboard, `/static/*` the files of `web/`;
+- `/` the page, `/dashboard` the fleet view (nodes, sessions, fps, latency, capacity left:
+  `web/fleet.html`), `/static/*` the files of `web/`;
 - `POST /api/rooms` (operator; `{"avatar": NAME}`): creates a Janus room with a random secret
   and pin, places the avatar's session actor on the cluster, returns the room's number, its
   driver and viewer tokens and links;
@@ -141,7 +142,7 @@ class Gateway:
         app.add_routes(
             [
                 web.get("/", self._page("index.html")),
-                web.get("/dashboard", self._page("dashboard.html")),
+                web.get("/dashboard", self._page("fleet.html")),  # the fleet view (web/fleet.js)
                 web.get("/healthz", self._health),
                 web.post("/api/rooms", self._create),
                 web.get("/api/rooms", self._list),
