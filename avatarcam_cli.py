@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 
     T = TypeVar("T", bound=DataclassInstance)
 
-SECRETS = ("token", "operator_token", "ice_credential")
+SECRETS = ("token", "operator_token", "ice_credential", "janus_api_secret", "janus_admin_key")
 CONFIG_HELP = (
     "read options from this TOML file; its keys are this command's long options and positionals "
     '(port = 8090, camera-size = "1280x720", sink = ["virtualcam", "file:out.mp4"], loop = true); '
@@ -367,6 +367,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gateway(args: argparse.Namespace) -> int:
+    from streamer.core.logs import configure_logging
+    from streamer.serve.gateway import GatewayConfig, run
+
+    config = _options(GatewayConfig, args, avatars=args.avatar, allowed_hosts=args.allowed_host)
+    if _dry_run(args, config):
+        return 0
+    configure_logging(args.log_format)
+    run(config)
+    return 0
+
+
+def _node(args: argparse.Namespace) -> int:
+    from streamer.cluster.node import NodeConfig, run
+
+    config = _options(NodeConfig, args)
+    if _dry_run(args, config):
+        return 0
+    return run(config)
+
+
 def _connect(args: argparse.Namespace) -> int:
     from streamer.connect.client import run
     from streamer.connect.config import ConnectConfig, ConnectError
@@ -638,6 +659,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(handler=_connect)
 
+    p = sub.add_parser("gateway", help="the front door of a cluster: rooms on Janus, sessions on Ray (docs/cluster.md)")
+    p.add_argument("avatar", type=Path, nargs="+", help=".avatar files rooms may be created for (by their name)")
+    p.add_argument("--ray-address", default="127.0.0.1:6379", help="the Ray head's address (host:port)")
+    p.add_argument("--janus-url", default="http://127.0.0.1:8088/janus", help="Janus's HTTP API, as workers reach it")
+    p.add_argument("--janus-public-url", help="Janus's API as participants reach it (default: --janus-url)")
+    _add_secret(p, "janus_api_secret", "Janus's api_secret (default: none)")
+    _add_secret(p, "janus_admin_key", "Janus VideoRoom's admin_key for creating rooms (default: none)")
+    p.add_argument(
+        "--avatar-path",
+        action="store_true",
+        help="workers read the avatar files at these paths (shared storage) instead of receiving them from Ray",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond localhost needs a token)")
+    p.add_argument("--port", type=int, default=8090, help="port of the page and rooms API (0: any free one)")
+    _add_secret(p, "token", "viewer token for the page (generated when --host is not loopback)")
+    _add_secret(p, "operator_token", "operator credential for the rooms API and dashboard (default: generated)")
+    p.add_argument("--allowed-host", action="append", default=[], help="a name the gateway is reached by")
+    p.add_argument("--backend", default="torch", help="engine backend of the sessions")
+    p.add_argument("--device", default="cpu", help="cpu or cuda, on the workers")
+    p.add_argument("--fps", type=float, default=30.0, help="the sessions' frame rate")
+    p.add_argument("--retry-after", type=int, default=30, help="seconds a refused stream is told to wait")
+    p.add_argument("--max-restarts", type=int, default=-1, help="restarts of a session after its node dies (-1: any)")
+    p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
+    p.set_defaults(handler=_gateway)
+
+    p = sub.add_parser("node", help="join this machine to a cluster as a node advertising avatar streams")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--address", help="the Ray head to join (host:port)")
+    where.add_argument("--head", action="store_true", help="start the cluster's head here")
+    p.add_argument("--port", type=int, default=6379, help="the head's port (with --head)")
+    p.add_argument("--streams", type=int, help="avatar streams this node holds (default 1 on a CPU node, 0 on a head)")
+    p.add_argument("--num-cpus", type=int, help="CPUs given to Ray (default: all)")
+    p.add_argument("--num-gpus", type=int, help="GPUs given to Ray (default: all)")
+    p.add_argument("--object-store-mb", type=int, help="the node's object store in MB (default: Ray's)")
+    p.add_argument("--start", action="store_true", help="run `ray start` (default: print the command)")
+    p.set_defaults(handler=_node)
+
     p = sub.add_parser("demo", help="serve the shipped demo avatar driven by the shipped clip")
     p.add_argument("--camera", type=int, help="drive it from this webcam instead of the clip")
     p.add_argument("--browser-cameras", action="store_true", help="each browser's camera drives its own avatar")
@@ -806,6 +864,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
     from models.training.data import DatasetError
     from models.training.distill import DistillError
     from models.training.train import TrainError
+    from streamer.cluster.node import NodeError
     from streamer.connect.config import ConnectError
     from streamer.provenance.credentials import CredentialsError
     from streamer.provenance.detect import DetectError
@@ -821,7 +880,7 @@ def _known_errors() -> tuple[type[Exception], ...]:
     return (
         OptionsError, AssetMissing, PrepareError, VideoError, DatasetError, TrainError, CheckpointError, AvatarError,
         ServeError, SourceError, SinkError, EngineUnavailable, EvaluateError, AblateError, ReenactError, DistillError,
-        BenchError, DetectError, CredentialsError, ConnectError
+        BenchError, DetectError, CredentialsError, ConnectError, NodeError
     )  # fmt: skip
 
 

@@ -9,6 +9,9 @@ as root, `unshare -rn` otherwise) and runs the tests marked `cluster` in it.
 from __future__ import annotations
 
 import socket
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -38,3 +41,35 @@ needs_private_network = pytest.mark.skipif(
     reason="cluster tests run only inside a private network namespace with just `lo`: "
     "run them with `make test-cluster` (unshare -n), which `make test` does",
 )
+
+
+MEDIA_LINK = "avcam-media"  # the veth end Janus gathers its ICE candidates on
+MEDIA_ADDRESS = "10.213.0.1"  # its address (the other end takes .2); private to the namespace
+
+
+@contextmanager
+def media_link() -> Iterator[str]:
+    """A veth pair inside this private namespace, for WebRTC through Janus; yields the name of
+    the end to give Janus as `ice_enforce_list`, and removes the pair afterwards.
+
+    Janus never gathers ICE candidates on a loopback interface (its ice.c skips IFF_LOOPBACK),
+    so with `lo` alone it cannot set up any peer connection. Both ends live in this namespace:
+    traffic between their addresses stays on this machine, inside the namespace. Refuses to run
+    outside a private network namespace (it would add interfaces to the machine's own)."""
+    if not private_network():
+        raise RuntimeError("media_link() adds interfaces: run it only inside a private network namespace with just lo")
+    peer = MEDIA_LINK[:-1] + "2"
+    base = MEDIA_ADDRESS.rsplit(".", 1)[0]
+    commands = [
+        ["ip", "link", "add", MEDIA_LINK, "type", "veth", "peer", "name", peer],
+        ["ip", "addr", "add", f"{MEDIA_ADDRESS}/24", "dev", MEDIA_LINK],
+        ["ip", "addr", "add", f"{base}.2/24", "dev", peer],
+        ["ip", "link", "set", MEDIA_LINK, "up"],
+        ["ip", "link", "set", peer, "up"],
+    ]
+    try:
+        for command in commands:
+            subprocess.run(command, check=True, capture_output=True)
+        yield MEDIA_LINK
+    finally:
+        subprocess.run(["ip", "link", "del", MEDIA_LINK], capture_output=True)  # takes the peer along

@@ -194,6 +194,8 @@ DRY_RUNS: dict[str, tuple[list[str], str, Any]] = {  # command: (arguments, a ke
     "train": (["{tmp}", "-o", "{tmp}/run", "--preset", "tiny"], "options", {"preset": "tiny"}),
     "devices": (["--probe"], "probe", True),
     "detect": ([D, "--json"], "files", [D]),
+    "gateway": ([A, "--ray-address", "10.0.0.1:6379", "--avatar-path"], "ray_address", "10.0.0.1:6379"),
+    "node": (["--address", "10.0.0.1:6379", "--streams", "3"], "streams", 3),
 }
 
 

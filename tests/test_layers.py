@@ -26,11 +26,13 @@ LAYERS: tuple[tuple[tuple[str, str], ...], ...] = (
     (("core", "frames, clocks, queues, metrics and figures, stamps, logging, aiortc settings"),),
     (("provenance", "watermark, content credentials, detection, the demo-identity policy"),),
     (("stages", "compose and framing: per-frame image work between engine and sinks"),),
+    (("janus", "the Janus VideoRoom client, its server's config and process"),),
     (
         ("sources", "where frames come from: one file per kind, the `SOURCES` registry"),
         ("sinks", "where avatar frames go: one file per kind, the `SINKS` registry"),
     ),
     (("pipeline", "the avatar session, its idle pose, shared engines"),),
+    (("cluster", "Ray: the avatar session as an actor, placement and capacity"),),
     (
         ("serve", "`avatarcam serve`/`demo`: config, service, peers, HTTP, security, capacity"),
         ("connect", "`avatarcam connect`: config, link, stats, client"),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from streamer.sinks.base import Sink, SinkContext, SinkError, SinkSpec
 from streamer.sinks.file import FileSink
+from streamer.sinks.janus import JanusSink
 from streamer.sinks.null import NullSink
 from streamer.sinks.virtualcam import VirtualCamSink
 from streamer.sinks.window import WindowSink
@@ -39,6 +40,7 @@ SINKS: dict[str, SinkKind] = {
     "webrtc": SinkKind(None, shared=False),  # each WebRTC peer gets the avatar as its own track
     "file": SinkKind(FileSink.open, "OUT.mp4"),
     "null": SinkKind(NullSink.open, shared=False),
+    "janus": SinkKind(JanusSink.open, "URL#room=N&pin=PIN"),  # published into a Janus room as AVATAR
     "window": SinkKind(WindowSink.open),
 }
 

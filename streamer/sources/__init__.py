@@ -11,9 +11,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from streamer.janus.client import Room
 from streamer.sources.base import Source, SourceContext, SourceError, SourceSpec
 from streamer.sources.camera import CameraSource
 from streamer.sources.file import FileSource
+from streamer.sources.janus import JanusSource
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class SourceKind:
 SOURCES: dict[str, SourceKind] = {
     "camera": SourceKind(CameraSource.open, "N", str.isdigit),
     "file": SourceKind(FileSource.open, "PATH"),
+    "janus": SourceKind(JanusSource.open, "URL#room=N&pin=PIN", Room.valid),  # a Janus room's DRIVER
     "webrtc": SourceKind(None),  # each browser's (or connect's) camera: `streamer.sources.track`
 }
 

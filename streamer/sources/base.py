@@ -52,8 +52,11 @@ class SourceContext:
         clock: the session clock (capture times, pacing).
         loop: play a file again from the start when it ends.
         fps: pace a file at this rate instead of its own (None: its own).
+        stamps: read the frame identifier (`streamer.core.stamp`) painted into each received
+            frame (sources whose frames come from a page or another program: `janus`).
     """
 
     clock: Clock
     loop: bool = False
     fps: float | None = None
+    stamps: bool = False
