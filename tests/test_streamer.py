@@ -142,7 +142,10 @@ def test_specs_parse_or_say_what_to_write() -> None:
             parse_sink(bad)
     with pytest.raises(
         SinkError,
-        match=re.escape("connect receives the avatar over WebRTC; use virtualcam, file:OUT.mp4, null or window"),
+        match=re.escape(
+            "connect receives the avatar over WebRTC; use virtualcam, file:OUT.mp4, null, "
+            "janus:URL#room=N&pin=PIN or window"
+        ),
     ):
         parse_sink("webrtc", peers=False)
 
