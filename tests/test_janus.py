@@ -103,6 +103,74 @@ def test_a_published_clip_reaches_a_subscriber(janus: JanusServer, clip: list[np
     assert [d for _, d in publishers] == [DRIVER]  # the subscriber's watcher handle is no publisher
 
 
+def test_a_session_drives_the_avatar_through_janus_and_encodes_it_once_for_five_viewers(
+    janus: JanusServer, clip: list[np.ndarray[Any, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Driver (aiortc) -> Janus -> AvatarSession (janus source, janus sink, the shipped demo
+    avatar) -> Janus -> 5 aiortc viewers. The session echoes the driver's frame identifiers onto
+    the avatar frames it makes, so a viewer reading them back has received the avatar."""
+    from aiortc.codecs import vpx
+
+    from streamer.core.clock import MonotonicClock
+    from streamer.core.metrics import Metrics
+    from streamer.pipeline.session import AvatarEntry, AvatarSession, SessionConfig
+    from streamer.sinks import open_sink, parse_sink
+    from streamer.sinks.base import SinkContext
+    from streamer.sources import open_source, parse_source
+    from streamer.sources.base import SourceContext
+
+    encoders = []
+    made = vpx.Vp8Encoder.__init__
+
+    def counted(self: Any) -> None:
+        encoders.append(self)
+        made(self)
+
+    monkeypatch.setattr(vpx.Vp8Encoder, "__init__", counted)
+    entry = AvatarEntry.load(DEMO)
+
+    async def body(session: JanusSession, room: Room) -> dict[str, Any]:
+        camera = StampedClip(clip)
+        await session.publish(room, camera, display=DRIVER)
+        clock = MonotonicClock()
+        source = open_source(parse_source(f"janus:{room.target()}"), SourceContext(clock, stamps=True))
+        sink = open_sink(parse_sink(f"janus:{room.target()}"), SinkContext(clock))
+        avatar = AvatarSession("janus", entry, source, SessionConfig(stamp=True), clock, Metrics())
+        avatar.add_sink(sink)
+        await avatar.start()
+        try:
+            first = await session.subscribe(room, display=AVATAR, timeout=120.0)
+            assert first.track is not None
+            await tags_of(first.track, 3)
+            at_one = len(encoders)
+            viewers = [first] + [await session.subscribe(room, display=AVATAR) for _ in range(4)]
+            frames = await asyncio.gather(*(asyncio.wait_for(v.track.recv(), 20.0) for v in viewers if v.track))
+            tags = await asyncio.gather(*(tags_of(v.track, 8) for v in viewers if v.track))
+            at_five = len(encoders)
+            snapshot = avatar.snapshot()
+        finally:
+            await avatar.stop()
+        return {
+            "at_one": at_one,
+            "at_five": at_five,
+            "tags": tags,
+            "sent": camera.sent,
+            "sizes": {(f.width, f.height) for f in frames},
+            "snapshot": snapshot,
+        }
+
+    result = asyncio.run(with_room(janus, body))
+    # One encoder for the driver's camera (this test's publisher), one for the avatar: none per viewer.
+    assert result["at_one"] == result["at_five"] == 2
+    assert result["sizes"] == {(entry.resolution, entry.resolution)}
+    for tags in result["tags"]:
+        echoed = [t for t in tags if t is not None]
+        assert echoed and set(echoed) <= set(result["sent"])
+    snapshot = result["snapshot"]
+    assert snapshot["source"].startswith("janus:") and snapshot["sinks"][0].startswith("janus:")
+    assert snapshot["face_found"] is True
+
+
 def test_a_subscriber_follows_a_republished_avatar_with_switch(
     janus: JanusServer, clip: list[np.ndarray[Any, Any]]
 ) -> None:

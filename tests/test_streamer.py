@@ -131,15 +131,21 @@ def test_specs_parse_or_say_what_to_write() -> None:
     assert str(parse_source("webrtc")) == "webrtc"
     assert parse_sink("file:out.mp4") == SinkSpec("file", "out.mp4")
     assert parse_sink("window") == SinkSpec("window")
-    for bad in ("webcam", "camera:x", "file:", "webrtc:1"):
-        with pytest.raises(SourceError, match="camera:N, file:PATH or webrtc"):
+    assert parse_source("janus:http://h:1/janus#room=7&pin=p").target == "http://h:1/janus#room=7&pin=p"
+    for bad in ("webcam", "camera:x", "file:", "webrtc:1", "janus:http://h/janus#room=x&pin=p"):
+        with pytest.raises(SourceError, match=re.escape("camera:N, file:PATH, janus:URL#room=N&pin=PIN or webrtc")):
             parse_source(bad)
     for bad in ("zoom", "file", "null:x"):
-        with pytest.raises(SinkError, match=re.escape("virtualcam, webrtc, file:OUT.mp4, null or window")):
+        with pytest.raises(
+            SinkError, match=re.escape("virtualcam, webrtc, file:OUT.mp4, null, janus:URL#room=N&pin=PIN or window")
+        ):
             parse_sink(bad)
     with pytest.raises(
         SinkError,
-        match=re.escape("connect receives the avatar over WebRTC; use virtualcam, file:OUT.mp4, null or window"),
+        match=re.escape(
+            "connect receives the avatar over WebRTC; use virtualcam, file:OUT.mp4, null, "
+            "janus:URL#room=N&pin=PIN or window"
+        ),
     ):
         parse_sink("webrtc", peers=False)
 

@@ -348,7 +348,7 @@ class JanusSession:
                 if response.status != 200:
                     raise JanusError(f"{self.url} answered HTTP {response.status}: is this Janus's HTTP API (…/janus)?")
                 answer: dict[str, Any] = await response.json(content_type=None)
-        except (aiohttp.ClientConnectionError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError) as exc:
             raise self._down(exc) from exc
         except ValueError as exc:
             raise JanusError(f"{self.url} did not answer JSON: is this Janus's HTTP API (…/janus)?") from exc
@@ -377,7 +377,7 @@ class JanusSession:
             if answer.get("janus") != "ack":
                 raise JanusError(f"Janus answered {answer.get('janus')!r} to {message.get('janus')!r}")
             return await asyncio.wait_for(future, timeout or self.timeout * 2)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise JanusError(f"Janus at {self.url} did not answer {message.get('body', message)} in time") from None
         finally:
             self._waiting.pop(transaction, None)
@@ -544,7 +544,7 @@ class JanusSession:
                     raise JanusError(f"no publisher {display!r} in room {room.room} after {timeout:g} s")
                 try:
                     data, _ = await asyncio.wait_for(watcher.events.get(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 feeds = _video_feeds(data.get("publishers", []), display)
             feed, mid = feeds[-1]

@@ -5,8 +5,9 @@
 
 The config is written to a fresh 0700 temporary folder (removed on `stop()`):
 
-- `janus.jcfg`: ICE only on the interfaces of `ice_enforce_list` (when given), no STUN, no 1:1 NAT, a low log level, the optional `api_secret`,
-  every plugin but the VideoRoom and every transport but HTTP and WebSockets disabled, no event
+- `janus.jcfg`: ICE only on the interfaces of `ice_enforce_list` (when given; Janus never uses a
+  loopback interface), no STUN, no 1:1 NAT, a low log level, the optional `api_secret`, every
+  plugin but the VideoRoom and every transport but HTTP and WebSockets disabled, no event
   handlers, no loggers, no admin API.
 - `janus.plugin.videoroom.jcfg`: no static rooms (rooms are made at run time with a secret
   and a pin, `JanusSession.create_room`); the optional `admin_key` (then creating a room
