@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from streamer.core import stamp  # noqa: E402
 from streamer.core.clock import MonotonicClock  # noqa: E402
 from streamer.core.frames import Frame  # noqa: E402
+from streamer.janus.netns import media_link, private_network  # noqa: E402
 from streamer.provenance.identity import DEMO_AVATAR, DEMO_CLIP  # noqa: E402
 from streamer.sources import SOURCES, SourceKind  # noqa: E402
 from streamer.sources.base import Source, SourceContext, SourceSpec  # noqa: E402
@@ -57,11 +58,6 @@ TICK = os.sysconf("SC_CLK_TCK")
 
 
 # ---------------------------------------------------------------------------------- plumbing
-
-
-def private_network() -> bool:
-    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
-    return [line.split(":", 1)[0].strip() for line in lines if ":" in line] == ["lo"]
 
 
 def reexec_in_private_network() -> None:
@@ -303,7 +299,6 @@ async def fanout_janus(args: argparse.Namespace, n: int, janus: Any) -> dict[str
 
 async def fanout(args: argparse.Namespace) -> dict[str, Any]:
     from streamer.janus.server import JanusServer, JanusServerConfig
-    from tests.netns import media_link
 
     out: dict[str, dict[int, dict[str, Any]]] = {"janus": {}, "serve": {}}
     with (
@@ -405,7 +400,6 @@ async def failover(args: argparse.Namespace) -> list[float]:
     from streamer.cluster.names import RESOURCE
     from streamer.janus.client import AVATAR, JanusSession, Room
     from streamer.janus.server import JanusServer, JanusServerConfig
-    from tests.netns import media_link
 
     times: list[float] = []
     secret = os.urandom(8).hex()

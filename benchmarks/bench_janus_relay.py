@@ -21,9 +21,9 @@ from pathlib import Path
 from aiortc import MediaStreamTrack
 
 from streamer.janus.client import AVATAR, JanusSession, Room
+from streamer.janus.netns import media_link
 from streamer.janus.server import JanusServer, JanusServerConfig
 from tests.media import first_frames
-from tests.netns import media_link
 from tests.test_janus import StampedClip
 
 CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "512" / "drv_lp_d9_512.mp4"

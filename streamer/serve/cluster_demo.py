@@ -21,39 +21,10 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
-MEDIA_LINK = "avdemo-media"
-MEDIA_ADDRESS = "10.214.0.1"
-
-
-def _interfaces() -> list[str]:
-    lines = Path("/proc/net/dev").read_text().splitlines()[2:]
-    return [line.split(":", 1)[0].strip() for line in lines if ":" in line]
-
-
-@contextlib.contextmanager
-def media_link() -> Iterator[str]:
-    """A veth pair inside the private namespace for Janus's ICE (removed afterwards)."""
-    peer = MEDIA_LINK[:-1] + "2"
-    base = MEDIA_ADDRESS.rsplit(".", 1)[0]
-    commands = [
-        ["ip", "link", "add", MEDIA_LINK, "type", "veth", "peer", "name", peer],
-        ["ip", "addr", "add", f"{MEDIA_ADDRESS}/24", "dev", MEDIA_LINK],
-        ["ip", "addr", "add", f"{base}.2/24", "dev", peer],
-        ["ip", "link", "set", MEDIA_LINK, "up"],
-        ["ip", "link", "set", peer, "up"],
-    ]
-    try:
-        for command in commands:
-            subprocess.run(command, check=True, capture_output=True)
-        yield MEDIA_LINK
-    finally:
-        subprocess.run(["ip", "link", "del", MEDIA_LINK], capture_output=True)
+from streamer.janus.netns import media_link, private_network
 
 
 def _call(origin: str, method: str, path: str, token: str, body: object = None) -> dict[str, object]:
@@ -158,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--port", type=int, default=8090, help="the gateway's port")
     args = parser.parse_args(argv)
-    if not args.expose and _interfaces() != ["lo"]:
+    if not args.expose and not private_network():
         print(
             "cluster-demo: run me inside a private network namespace (make cluster-demo does: "
             "unshare -n), or pass --expose on a machine where Ray and Janus may listen on every interface",
