@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +22,7 @@ from streamer.connect.client import Client
 from streamer.connect.config import ConnectConfig, ConnectError
 from streamer.connect.room import room_link
 from streamer.sinks.base import SinkSpec
+from tests.browser import browsers, fake_camera, require_chromium
 from tests.cluster_env import GatewayThread, _create
 from tests.media import shared_video
 from tests.netns import needs_private_network
@@ -112,5 +114,46 @@ def test_connect_with_a_wrong_room_token_says_so(gateway: GatewayThread) -> None
 
         with pytest.raises(ConnectError, match=f"refused to let us join room {created['room']} as driver: wrong token"):
             asyncio.run(run())
+    finally:
+        assert gateway.call("DELETE", f"/api/rooms/{created['room']}")[0] == 200
+
+
+def _frames_shown(browser: Any) -> int:
+    return int(browser.js("return window.avatarcam.framesShown"))
+
+
+@needs_private_network
+@pytest.mark.cluster
+@pytest.mark.browser
+def test_page_on_room_links_drives_and_shows_the_avatar_with_glass_to_glass(
+    gateway: GatewayThread, tmp_path: Path
+) -> None:
+    require_chromium()
+    camera = fake_camera(shared_video(CLIP), tmp_path / "camera.y4m")
+    created = _create(gateway)
+    links = created["links"]
+    try:
+        with browsers() as make:
+            driver = make(camera)
+            driver.open(links["driver"])
+            driver.wait_state({"running", "no-face"}, timeout=WAIT)
+            glass = driver.wait_value("stat-glass", timeout=WAIT)  # its own frame ids came back
+            fps = driver.wait_value("stat-fps", timeout=WAIT)
+            shown = _frames_shown(driver)
+            # a viewer without a camera, hiding no local address (Chromium's mDNS names are for
+            # pages that asked for no camera; Janus would have to resolve them)
+            viewer = make(None, flags=("--disable-features=WebRtcHideLocalIpsWithMdns",))
+            viewer.open(links["viewer"])
+            viewer.wait_state({"running", "no-face"}, timeout=WAIT)
+            viewer_fps = viewer.wait_value("stat-fps", timeout=WAIT)
+            size = viewer.js("const v = document.getElementById('avatar'); return [v.videoWidth, v.videoHeight]")
+            print(
+                f"page through a room: driver glass-to-glass {glass:.0f} ms (median), {fps:.1f} fps; "
+                f"viewer {viewer_fps:.1f} fps, {size}"
+            )
+            assert shown > 0 and _frames_shown(viewer) > 0
+            assert driver.text("stat-glass").endswith("ms") and viewer.text("stat-glass") == "n/a"
+            assert size == [256, 256]  # the avatar (the demo's 256 px), not the driver's camera
+            assert driver.text("mode").startswith(f"room {created['room']}: your camera drives")
     finally:
         assert gateway.call("DELETE", f"/api/rooms/{created['room']}")[0] == 200
