@@ -146,3 +146,17 @@ def _join(gateway: GatewayThread, created: dict[str, Any], role: str) -> Room:
     status, _, body = gateway.call("POST", f"/api/rooms/{room}/join", {"role": role, "token": created["tokens"][role]})
     assert status == 200, body
     return Room.parse(body["target"])
+
+
+def _janus_less_gateway() -> GatewayThread:
+    """A gateway whose Janus and Ray head are not there (port 9): for what it answers itself."""
+    from streamer.serve.gateway import GatewayConfig
+
+    config = GatewayConfig(
+        avatars=(DEMO_AVATAR,),
+        janus_url="http://127.0.0.1:9/janus",
+        ray_address="127.0.0.1:9",
+        port=0,
+        operator_token=OPERATOR,
+    )
+    return GatewayThread(config)

@@ -23,7 +23,7 @@ from streamer.connect.config import ConnectConfig, ConnectError
 from streamer.connect.room import room_link
 from streamer.sinks.base import SinkSpec
 from tests.browser import browsers, fake_camera, require_chromium
-from tests.cluster_env import GatewayThread, _create
+from tests.cluster_env import GatewayThread, _create, _node
 from tests.media import shared_video
 from tests.netns import needs_private_network
 
@@ -157,3 +157,61 @@ def test_page_on_room_links_drives_and_shows_the_avatar_with_glass_to_glass(
             assert driver.text("mode").startswith(f"room {created['room']}: your camera drives")
     finally:
         assert gateway.call("DELETE", f"/api/rooms/{created['room']}")[0] == 200
+
+
+@needs_private_network
+@pytest.mark.cluster
+@pytest.mark.browser
+def test_page_follows_the_avatar_to_its_restarted_session_without_rejoining(
+    cluster: Any, gateway: GatewayThread
+) -> None:
+    require_chromium()
+    created = _create(gateway)
+    (victim,) = [n for n in cluster.worker_nodes if n.node_id == created["node"]]
+    try:
+        with browsers() as make:
+            # no driver: the session shows its idle pose, which is what the viewer follows
+            viewer = make(None, flags=("--disable-features=WebRtcHideLocalIpsWithMdns",))
+            viewer.open(created["links"]["viewer"])
+            viewer.wait_state({"running", "no-face"}, timeout=WAIT)
+            pc_before = viewer.js("return window.avatarcam.pc !== null && (window.avatarcam.pc.__mark = 1)")
+            killed = time.monotonic()
+            cluster.remove_node(victim)
+            switches = viewer.js("return window.avatarcam.subscriber?.switches ?? 0")
+            deadline = time.monotonic() + WAIT
+            while switches < 1:
+                assert time.monotonic() < deadline, f"no switch within {WAIT:.0f} s\n{viewer.console()}"
+                time.sleep(0.5)
+                switches = viewer.js("return window.avatarcam.subscriber?.switches ?? 0")
+            shown = _frames_shown(viewer)
+            while _frames_shown(viewer) < shown + 20:  # the restarted session's frames, on the same page
+                assert time.monotonic() < deadline, f"no frames after the switch\n{viewer.console()}"
+                time.sleep(0.2)
+            print(f"page failover: {time.monotonic() - killed:.1f} s from the node kill to 20 frames after the switch")
+            # the same peer connection (no re-join): the mark set on it before the kill is still there
+            assert pc_before == 1 and viewer.js("return window.avatarcam.pc.__mark") == 1
+    finally:
+        _node(cluster)
+        assert gateway.call("DELETE", f"/api/rooms/{created['room']}")[0] == 200
+
+
+def test_the_gateways_janus_pass_through_passes_only_a_participants_requests() -> None:
+    pytest.importorskip("ray")
+    from tests.cluster_env import _janus_less_gateway
+
+    gateway = _janus_less_gateway()
+    try:
+        create_room = {"janus": "message", "body": {"request": "create", "room": 1}}
+        for body, words in (
+            ({"janus": "message", "body": {"request": "destroy", "room": 1}}, "VideoRoom request not passed"),
+            (create_room, "VideoRoom request not passed"),
+            ({"janus": "attach", "plugin": "janus.plugin.streaming"}, "only the VideoRoom plugin"),
+            ({"janus": "info"}, "Janus request not passed"),
+        ):
+            status, _, answer = gateway.call("POST", "/janus/1/2", body, token=None)
+            assert status == 403 and words in answer["error"], answer
+        assert gateway.call("POST", "/janus/x", {"janus": "create"}, token=None)[0] == 404
+        status, _, answer = gateway.call("POST", "/janus", {"janus": "create"}, token=None)
+        assert status == 503 and "Janus at http://127.0.0.1:9/janus is not reachable" in answer["error"]
+    finally:
+        gateway.close()
