@@ -635,7 +635,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_serve)
 
     p = sub.add_parser("connect", help="drive an avatar on a remote `serve --source webrtc` from this camera")
-    p.add_argument("url", help="the server's URL as `avatarcam serve` printed it (may carry ?token=)")
+    p.add_argument(
+        "url",
+        help="the server's URL as `avatarcam serve` printed it (may carry ?token=), or a gateway's room link "
+        "(http://GATEWAY/?room=N&role=driver|viewer&room_token=T: docs/cluster.md)",
+    )
     _add_secret(p, "token", "the server's access token (default: the URL's ?token=, before $AVATARCAM_TOKEN)")
     p.add_argument(
         "--cafile", type=Path, help="trust this certificate (PEM) for an https server, e.g. its self-signed one"

@@ -6,6 +6,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.cluster_env import cluster, fleet, gateway, janus  # noqa: F401  (fixtures of the cluster tests)
 from tests.media import first_frames, shared_video
 
 

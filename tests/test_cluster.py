@@ -7,13 +7,10 @@ Each session actor runs a real `AvatarSession` (the demo avatar driven by the sh
 from __future__ import annotations
 
 import asyncio
-import json
-import secrets
-import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,9 +20,9 @@ import pytest
 
 from streamer.core import stamp
 from streamer.janus.client import AVATAR, DRIVER, JanusSession, Room
-from streamer.janus.server import JanusServer, JanusServerConfig
+from streamer.janus.server import JanusServer
 from tests.media import first_frames, shared_video
-from tests.netns import media_link, needs_private_network
+from tests.netns import needs_private_network
 from tests.test_janus import StampedClip
 
 pytestmark = [pytest.mark.cluster, needs_private_network]
@@ -36,40 +33,17 @@ from ray.cluster_utils import Cluster  # noqa: E402
 from streamer.cluster.actor import SessionFailed, SessionSpec  # noqa: E402
 from streamer.cluster.avatars import AvatarRef  # noqa: E402
 from streamer.cluster.fleet import Fleet, FleetConfig, NoCapacity, RayDown, UnknownSession  # noqa: E402
-from streamer.cluster.names import RESOURCE  # noqa: E402
 from streamer.provenance.identity import DEMO_AVATAR, DEMO_CLIP  # noqa: E402
-from streamer.serve.gateway import Gateway, GatewayConfig  # noqa: E402
+from tests.cluster_env import (  # noqa: E402  (the fixtures come from tests/conftest.py)
+    OPERATOR,
+    GatewayThread,
+    _create,
+    _gateway_config,
+    _join,
+    _node,
+)
 
-STORE = 100 * 1024 * 1024
 WAIT = 120.0  # seconds a condition may take on a loaded 2-core machine before the test fails
-
-
-def _node(cluster: Cluster) -> Any:
-    return cluster.add_node(num_cpus=1, resources={RESOURCE: 1}, object_store_memory=STORE)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "object_store_memory": STORE, "include_dashboard": False},
-    )
-    for _ in range(2):
-        _node(c)
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace="avatarcam", log_to_driver=False)
-    try:
-        yield c
-    finally:
-        ray.shutdown()
-        c.shutdown()
-
-
-@pytest.fixture(scope="module")
-def fleet(cluster: Cluster) -> Fleet:
-    f = Fleet(FleetConfig(address=cluster.address))
-    f.connect()
-    return f
 
 
 @pytest.fixture(scope="module")
@@ -148,81 +122,6 @@ def test_ray_head_down_is_a_clear_error() -> None:
 
 
 # ---- through the gateway, with a real Janus ---------------------------------------------------------
-
-API_SECRET = secrets.token_hex(8)
-OPERATOR = secrets.token_hex(12)
-
-
-@pytest.fixture(scope="module")
-def janus() -> Iterator[JanusServer]:
-    with media_link() as link, JanusServer(JanusServerConfig(ice_enforce_list=link, api_secret=API_SECRET)) as server:
-        yield server
-
-
-class GatewayThread:
-    """A gateway on its own event loop in a thread, as `avatarcam gateway` runs it."""
-
-    def __init__(self, config: GatewayConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.gateway = Gateway(config)
-        asyncio.run_coroutine_threadsafe(self.gateway.startup(), self.loop).result(30)
-
-    def call(self, method: str, path: str, body: Any = None, token: str | None = OPERATOR) -> tuple[int, Any, Any]:
-        """(status, headers, JSON body) of one request."""
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.gateway.origin + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token is not None:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=300) as response:
-                return response.status, response.headers, json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.headers, json.loads(exc.read())
-
-    def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.gateway.shutdown(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-def _gateway_config(janus: JanusServer, **given: Any) -> GatewayConfig:
-    base = GatewayConfig(
-        avatars=(DEMO_AVATAR,),
-        janus_url=janus.url,
-        janus_api_secret=API_SECRET,
-        port=0,
-        operator_token=OPERATOR,
-        fps=15.0,
-        retry_after=7,
-    )
-    return replace(base, **given)
-
-
-@pytest.fixture(scope="module")
-def gateway(cluster: Cluster, fleet: Fleet, janus: JanusServer) -> Iterator[GatewayThread]:
-    g = GatewayThread(_gateway_config(janus, ray_address=cluster.address))
-    try:
-        yield g
-    finally:
-        for room in list(g.gateway.rooms):
-            g.call("DELETE", f"/api/rooms/{room}")
-        g.close()
-
-
-def _create(gateway: GatewayThread) -> dict[str, Any]:
-    status, _, body = gateway.call("POST", "/api/rooms", {"avatar": "cap12"})
-    assert status == 201, body
-    return dict(body)
-
-
-def _join(gateway: GatewayThread, created: dict[str, Any], role: str) -> Room:
-    room = created["room"]
-    status, _, body = gateway.call("POST", f"/api/rooms/{room}/join", {"role": role, "token": created["tokens"][role]})
-    assert status == 200, body
-    return Room.parse(body["target"])
 
 
 async def _watch(room: Room, count: int, frames: int) -> list[list[tuple[int | None, np.ndarray[Any, Any]]]]:

@@ -4,7 +4,13 @@
 // (stamp.js) into each frame before it is sent; the service echoes the id onto the avatar frame
 // it returns, and the page times camera frame -> displayed avatar frame. In shared-source mode
 // (e.g. `avatarcam demo`) the page only receives the shared avatar stream.
+//
+// In room mode (a gateway's room link: ?room=N&role=driver|viewer&room_token=T) the page joins
+// through the gateway's rooms API and talks to Janus (janus.js, through the gateway's same-origin
+// /janus): a driver publishes its stamped camera and subscribes to the avatar, a viewer only
+// subscribes. Glass-to-glass is measured the same way: the session actor echoes the ids.
 
+import { JanusSession } from "./janus.js";
 import { MODULUS, StampReader, fits as stampFits, write as writeStamp } from "./stamp.js";
 
 const STATS_PERIOD_MS = 500;
@@ -17,6 +23,7 @@ const MAX_BACKOFF_S = 8;
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
+const roomLink = readRoomLink(); // null: serve's page; else { room, role, token } of a gateway's room link
 // The service answered this address with a cookie for the token (an opaque value, not the token):
 // take the token out of the address bar, so history, bookmarks, screenshots and shared links lack it.
 forgetToken();
@@ -209,6 +216,10 @@ const app = {
   tooSmall: false, // the avatar frames cannot carry a stamp: no glass-to-glass
   server: null, // the latest stats message
   generation: 0, // bumps on every teardown so late callbacks of an old connection do nothing
+  room: roomLink, // room mode (see the top of this file)
+  joined: null, // the gateway's join answer
+  janus: null, // the JanusSession of this connection (room mode)
+  subscriber: null, // its avatar subscription (room mode): `switches` counts followed re-publishes
 };
 window.avatarcam = app; // for tests and for curious people with a console
 
@@ -217,12 +228,20 @@ async function start() {
   teardown();
   view.setState("loading");
   try {
-    app.info = await api("/api/info");
+    if (app.room) {
+      const { room, role, token: roomToken } = app.room;
+      app.joined = await api(`/api/rooms/${encodeURIComponent(room)}/join`, { role, token: roomToken });
+    } else app.info = await api("/api/info");
   } catch (err) {
     return retryLater(err, "reconnecting");
   }
-  showInfo(app.info);
-  app.mode = app.info.source === "webrtc" ? "camera" : "shared";
+  if (app.room) {
+    showRoom(app.joined);
+    app.mode = app.joined.publish ? "camera" : "shared";
+  } else {
+    showInfo(app.info);
+    app.mode = app.info.source === "webrtc" ? "camera" : "shared";
+  }
   document.body.dataset.mode = app.mode;
   if (app.mode === "camera" && !app.camera) {
     if (!navigator.mediaDevices?.getUserMedia) return view.setState("insecure");
@@ -240,10 +259,77 @@ async function start() {
     }
   }
   try {
-    await connect();
+    await (app.room ? connectRoom() : connect());
   } catch (err) {
     retryLater(err, "reconnecting");
   }
+}
+
+function readRoomLink() {
+  const params = new URLSearchParams(location.search);
+  const room = params.get("room");
+  if (room == null) return null;
+  return { room, role: params.get("role") ?? "", token: params.get("room_token") ?? "" };
+}
+
+function showRoom(joined) {
+  const driving = Boolean(joined.publish);
+  $("mode").textContent = driving ? `room ${joined.room}: your camera drives the avatar` : `room ${joined.room}: watching`;
+  $("avatar-name").textContent = "through Janus";
+  $("watermark").textContent = "watermark: set by the session";
+  $("dashboard-link").hidden = true;
+  // The session runs on a cluster node: this page sends it frames, not controls.
+  for (const id of ["calibrate", "pause", "background"]) $(id).disabled = true;
+  $("controls-note").textContent = "A room: pause, calibrate and background belong to the operator of the cluster.";
+  $("controls-note").hidden = false;
+  view.setStat("stat-e2e", null, "n/a");
+  if (!driving) {
+    view.setStat("stat-glass", null, "n/a");
+    $("glass-note").textContent = "Glass-to-glass is measured by the room's driver: this page only watches.";
+  }
+}
+
+/** Room mode: publish the stamped camera (a driver) and subscribe to the avatar through Janus. */
+async function connectRoom() {
+  view.setState("connecting");
+  const generation = ++app.generation;
+  const target = new URL(app.joined.target);
+  const secret = new URLSearchParams(target.hash.slice(1)).get("apisecret");
+  const room = { room: app.joined.room, pin: app.joined.pin };
+  // The gateway's /janus passes Janus's API through on this page's origin (docs/cluster.md).
+  const janus = await JanusSession.open("/janus", { apiSecret: secret });
+  if (generation !== app.generation) return janus.close();
+  app.janus = janus;
+  const watch = (pc) => {
+    pc.addEventListener("connectionstatechange", () => {
+      if (generation !== app.generation) return;
+      const s = pc.connectionState;
+      clearTimeout(app.disconnectTimer);
+      if (s === "failed" || s === "closed") lost(`Connection to the room ${s}.`);
+      else if (s === "disconnected") {
+        app.disconnectTimer = setTimeout(() => generation === app.generation && lost("Connection interrupted."), DISCONNECTED_GRACE_MS);
+      }
+    });
+  };
+  const codec = $("codec").value;
+  if (app.joined.publish) {
+    const publisher = await janus.publish(room, app.camera.track, app.joined.publish, { codec, stream: app.camera.output });
+    watch(publisher.pc);
+  }
+  const subscriber = await janus.subscribe(room, app.joined.subscribe, {
+    onTrack: (track, stream) => {
+      const video = $("avatar");
+      video.srcObject = stream ?? new MediaStream([track]);
+      video.play().catch(() => {});
+    },
+  });
+  if (generation !== app.generation) return;
+  app.subscriber = subscriber;
+  app.pc = subscriber.pc;
+  watch(subscriber.pc);
+  app.session = `room ${app.joined.room}`;
+  $("session").textContent = app.session;
+  app.statsTimer = setInterval(() => tick(generation), STATS_PERIOD_MS);
 }
 
 function showInfo(info) {
@@ -353,6 +439,9 @@ function teardown() {
   if (app.channel) app.channel.onclose = null;
   app.pc?.close();
   app.pc = null;
+  app.janus?.close();
+  app.janus = null;
+  app.subscriber = null;
   app.channel = null;
   app.session = null;
   app.server = null;
@@ -362,7 +451,8 @@ function teardown() {
   $("session").textContent = "–";
   $("avatar").srcObject = null;
   // Numbers of a connection that is gone would read as live: blank them.
-  for (const id of ["stat-fps", "stat-rtt", "stat-e2e", "face", "dropped"]) view.setStat(id, null, "–");
+  for (const id of ["stat-fps", "stat-rtt", "face", "dropped"]) view.setStat(id, null, "–");
+  view.setStat("stat-e2e", null, app.room ? "n/a" : "–");
   if (app.mode === "camera") view.setStat("stat-glass", null, "–");
   $("video-info").textContent = "–";
 }
@@ -463,7 +553,8 @@ function onAvatarFrame(now, meta) {
 async function tick(generation) {
   const pc = app.pc;
   if (!pc || generation !== app.generation) return;
-  if (performance.now() - app.lastServerMessage > SERVER_SILENCE_MS && app.channel?.readyState !== "connecting") {
+  const silent = performance.now() - app.lastServerMessage > SERVER_SILENCE_MS;
+  if (!app.room && silent && app.channel?.readyState !== "connecting") {
     return lost("No word from the service.");
   }
   let report;

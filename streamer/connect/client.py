@@ -18,8 +18,9 @@ from typing import Any
 import aiohttp
 import numpy as np
 
-from streamer.connect.config import ConnectConfig
+from streamer.connect.config import ConnectConfig, ConnectError
 from streamer.connect.link import Link, _Retry, probe
+from streamer.connect.room import RoomLink, join, room_link
 from streamer.connect.stats import WINDOW, ConnectStats, figures
 from streamer.core.clock import Clock, MonotonicClock, Pacer
 from streamer.core.frames import U8, Frame
@@ -92,7 +93,9 @@ class Client:
         self.stats = ConnectStats(self.clock)
         self.should_exit = asyncio.Event()
         self.state = "connecting"
-        self.link: Link | None = None
+        self.room = room_link(self.config.url)  # a gateway's room link, or None for serve's URL
+        self.joined: dict[str, Any] = {}
+        self.link: Link | RoomLink | None = None
         self.info: dict[str, Any] = {}
         self.watermark: Watermarker | None = None
         self.sinks: list[Sink] = []
@@ -109,7 +112,13 @@ class Client:
         self._http = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=15, connect=5), connector=aiohttp.TCPConnector(ssl=trust)
         )
-        self.info = await probe(self._http, config)
+        if self.room is None:
+            self.info = await probe(self._http, config)
+        else:  # a room: the gateway's join answer says where Janus is; the room has no /api/info
+            try:
+                self.joined = await join(self._http, self.room)
+            except _Retry as exc:
+                raise ConnectError(f"cannot join room {self.room.room}: {exc}") from None
         set_bitrate(config.bitrate)
         self.watermark, identity = disclosure(self.info)
         context = SinkContext(
@@ -125,20 +134,25 @@ class Client:
         for sink in self.sinks:
             sink.report = self._delivered
         self._status("connecting", f"to {config.base}")
-        source = open_source(config.source, SourceContext(self.clock, loop=config.loop))
-        self.source = _ScaledSource(source, config.max_width)
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._capture(), name="connect-capture"),
-            loop.create_task(self._report(), name="connect-report"),
-        ]
+        self._tasks = [loop.create_task(self._report(), name="connect-report")]
+        if self.room is None or self.room.publishes:  # a room's viewer sends no camera
+            source = open_source(config.source, SourceContext(self.clock, loop=config.loop))
+            self.source = _ScaledSource(source, config.max_width)
+            self._tasks.append(loop.create_task(self._capture(), name="connect-capture"))
 
     async def main_loop(self) -> None:
         """Connect, watch the link, and reconnect with backoff until asked to exit."""
         attempt = 0
         previous: str | None = None  # the reconnect secret of the last peer that got an answer
         while not self.should_exit.is_set():
-            link = Link(self.config, self._require_http(), self.clock, self._on_frame, self._on_message, previous)
+            link: Link | RoomLink
+            if self.room is None:
+                link = Link(self.config, self._require_http(), self.clock, self._on_frame, self._on_message, previous)
+            else:
+                # a retry joins again: the gateway may have ended or moved the room meanwhile
+                joined = self.joined if attempt == 0 else None
+                link = RoomLink(self.config, self.room, self._require_http(), self.clock, self._on_frame, joined)
             try:
                 await link.open()
             except _Retry as exc:
@@ -195,6 +209,7 @@ class Client:
         self.stats.cards = sum(c.cards for c in cameras)
         return {
             "url": self.config.base,
+            "room": {"room": self.room.room, "role": self.room.role} if self.room is not None else None,
             "codec": self.config.codec,
             "source": self.source.name if self.source is not None else None,
             "sinks": [str(s) for s in self.config.sinks],
@@ -221,7 +236,7 @@ class Client:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self.should_exit.wait(), seconds)
 
-    async def _watch(self, link: Link) -> str | None:
+    async def _watch(self, link: Link | RoomLink) -> str | None:
         """Wait until the link is lost (its reason) or the client should exit (None)."""
         config = self.config
         while True:

@@ -11,7 +11,10 @@ aiohttp on one port, with serve's security (Host allow-list, tokens, cookies, he
 - `POST /api/rooms/{room}/join` (`{"role": "driver"|"viewer", "token": ROOM_TOKEN}`): what a
   participant needs: the Janus URL, the room, its pin, the display to publish or follow;
 - `DELETE /api/rooms/{room}` (operator): ends the session (its share is freed) and the room;
-- `GET /api/fleet` (operator): nodes, sessions, capacity left.
+- `GET /api/fleet` (operator): nodes, sessions, capacity left;
+- `/janus`, `/janus/{session}[/{handle}]`: a same-origin pass-through to Janus's HTTP API for
+  the page in room mode (web/janus.js), limited to what a participant sends (sessions, the
+  VideoRoom handle, join/publish/subscribe/switch...): no room is created or destroyed through it.
 
 A stream the cluster cannot place is refused with 503 + Retry-After; Janus or the Ray head
 being down is a 503 that names it. Ray's calls block: they run in a thread.
@@ -23,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import secrets
 import signal
 from collections.abc import Awaitable, Callable
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 from streamer.cluster.actor import ActorOptions, SessionFailed, SessionSpec
@@ -48,6 +53,11 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 OPERATOR_PREFIXES = ("/dashboard", "/api/rooms", "/api/fleet")
+# What the page may send Janus through /janus: a participant's requests, not an operator's.
+JANUS_MESSAGES = {"create", "attach", "message", "trickle", "keepalive", "detach", "hangup", "destroy"}
+VIDEOROOM_REQUESTS = {"join", "publish", "configure", "unpublish", "start", "pause", "switch", "leave", "update"}
+JANUS_PATH = re.compile(r"(?:/\d{1,20}(?:/\d{1,20})?)?")
+JANUS_POLL = 70.0  # seconds a long-poll GET may take (Janus answers within 30 s)
 
 
 class GatewayError(Exception):
@@ -132,6 +142,7 @@ class Gateway:
         self._refs: dict[str, AvatarRef] = {}
         self._creating = asyncio.Lock()
         self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None  # the /janus pass-through's client
         self.port = 0
 
     # ---- lifecycle ---------------------------------------------------------------------------------
@@ -149,8 +160,11 @@ class Gateway:
                 web.post("/api/rooms/{room}/join", self._join),
                 web.delete("/api/rooms/{room}", self._end),
                 web.get("/api/fleet", self._fleet),
+                web.route("*", "/janus", self._janus_pass),
+                web.route("*", "/janus/{tail:.*}", self._janus_pass),
             ]
         )
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=JANUS_POLL, connect=5))
         if self.config.web_root.is_dir():
             app.router.add_static("/static", self.config.web_root)
         self._runner = web.AppRunner(
@@ -169,6 +183,8 @@ class Gateway:
         cluster (named, detached actors), and the operator ends them with DELETE."""
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
 
     @property
     def origin(self) -> str:
@@ -215,7 +231,8 @@ class Gateway:
             )
         if request.method != "GET" and not self._origin_ok(request):
             return _error(403, "origin not allowed")
-        if request.path == "/healthz" or request.path.endswith("/join"):  # a join carries its room's token
+        # a join carries its room's token; Janus's API (/janus) checks the room's pin and its own api_secret
+        if request.path == "/healthz" or request.path.endswith("/join") or request.path.split("/")[1] == "janus":
             return await handler(request)
         role = self._role(request)
         if role is Role.NONE:
@@ -410,6 +427,43 @@ class Gateway:
             await janus.close()
         self.rooms.pop(record.room, None)
         return web.json_response({"ended": record.room})
+
+    async def _janus_pass(self, request: web.Request) -> web.Response:
+        """Janus's HTTP API on the gateway's origin, for the page (see the module docstring):
+        the page's content security policy allows only its own origin, and one origin needs no
+        CORS and one certificate. A long-poll GET waits here as it would at Janus."""
+        tail = "/" + request.match_info.get("tail", "") if "tail" in request.match_info else ""
+        if request.method not in ("GET", "POST") or not JANUS_PATH.fullmatch(tail):
+            raise GatewayError(404, "not a Janus API path: /janus, /janus/SESSION or /janus/SESSION/HANDLE")
+        body = await request.read() if request.method == "POST" else None
+        if body is not None:
+            self._check_janus_message(body)
+        assert self._http is not None
+        url = self.config.janus_url.rstrip("/") + tail
+        try:
+            async with self._http.request(
+                request.method, url, params=request.query, data=body, headers={"Content-Type": "application/json"}
+            ) as response:
+                answer = await response.read()
+                status = response.status
+        except (TimeoutError, aiohttp.ClientConnectionError, OSError):
+            raise self._janus_down() from None
+        return web.Response(body=answer, status=status, content_type="application/json")
+
+    def _check_janus_message(self, body: bytes) -> None:
+        try:
+            message = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise GatewayError(400, "the body is not valid JSON") from None
+        if not isinstance(message, dict) or message.get("janus") not in JANUS_MESSAGES:
+            raise GatewayError(403, f"Janus request not passed: only {sorted(JANUS_MESSAGES)}")
+        if message["janus"] == "attach" and message.get("plugin") != "janus.plugin.videoroom":
+            raise GatewayError(403, "only the VideoRoom plugin is reachable through the gateway")
+        inner = message.get("body")
+        if message["janus"] == "message" and (
+            not isinstance(inner, dict) or inner.get("request") not in VIDEOROOM_REQUESTS
+        ):
+            raise GatewayError(403, f"VideoRoom request not passed: only a participant's {sorted(VIDEOROOM_REQUESTS)}")
 
     async def _fleet(self, request: web.Request) -> web.Response:
         return web.json_response(await self._ray(self._fleet_view))
