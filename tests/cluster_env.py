@@ -148,7 +148,7 @@ def _join(gateway: GatewayThread, created: dict[str, Any], role: str) -> Room:
     return Room.parse(body["target"])
 
 
-def _janus_less_gateway() -> GatewayThread:
+def _janus_less_gateway(**given: Any) -> GatewayThread:
     """A gateway whose Janus and Ray head are not there (port 9): for what it answers itself."""
     from streamer.serve.gateway import GatewayConfig
 
@@ -158,5 +158,6 @@ def _janus_less_gateway() -> GatewayThread:
         ray_address="127.0.0.1:9",
         port=0,
         operator_token=OPERATOR,
+        **given,
     )
     return GatewayThread(config)

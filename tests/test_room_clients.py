@@ -215,3 +215,33 @@ def test_the_gateways_janus_pass_through_passes_only_a_participants_requests() -
         assert status == 503 and "Janus at http://127.0.0.1:9/janus is not reachable" in answer["error"]
     finally:
         gateway.close()
+
+
+def test_room_links_open_the_page_where_the_gateway_needs_a_page_token() -> None:
+    pytest.importorskip("ray")
+    import urllib.error
+    import urllib.request
+
+    from streamer.serve.rooms import RoomRecord
+    from tests.cluster_env import _janus_less_gateway
+
+    def status(url: str) -> int:
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    secret, pin, tokens = RoomRecord.new_secrets()
+    record = RoomRecord(7, "cap12", "room-7", secret, pin, tokens)
+    for token in (None, "page-token"):
+        gateway = _janus_less_gateway(token=token)
+        try:
+            links = gateway.gateway._links(record)
+            for link in links.values():
+                assert status(link) == 200, link
+                assert ("token=page-token" in link) == (token is not None)
+            if token is not None:  # the room token alone opens no page there
+                assert status(links["viewer"].replace("&token=page-token", "")) == 401
+        finally:
+            gateway.close()

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -306,8 +306,11 @@ class Gateway:
         return self._refs[name]
 
     def _links(self, record: RoomRecord) -> dict[str, str]:
+        """Each role's room link. Where the page itself needs a token (a gateway reached beyond
+        loopback), the link carries the viewer token too: the room token alone opens no page."""
+        page = f"&token={quote(self.config.token)}" if self.config.token else ""
         return {
-            role.value: f"{self.origin}/?room={record.room}&role={role.value}&room_token={record.tokens[role]}"
+            role.value: f"{self.origin}/?room={record.room}&role={role.value}&room_token={record.tokens[role]}{page}"
             for role in Participant
         }
 
