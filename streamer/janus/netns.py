@@ -37,32 +37,48 @@ def private_network() -> bool:
 
 
 MEDIA_LINK = "avcam-media"  # the veth end Janus gathers its ICE candidates on
-MEDIA_ADDRESS = "10.213.0.1"  # its address (the other end takes .2); private to the namespace
+MEDIA_ADDRESS = "10.213.0.1"  # its address, private to the namespace
+HOST_ADDRESS = "10.213.0.2"  # the other end's
 
 
 @contextmanager
-def media_link() -> Iterator[str]:
-    """A veth pair inside this private namespace, for WebRTC through Janus; yields the name of
-    the end to give Janus as `ice_enforce_list`, and removes the pair afterwards.
+def media_link(host_pid: int | None = None) -> Iterator[str]:
+    """A veth pair for WebRTC through Janus; yields the name of the end to give Janus as
+    `ice_enforce_list` (address MEDIA_ADDRESS), and removes the pair afterwards.
 
     Janus never gathers ICE candidates on a loopback interface (its ice.c skips IFF_LOOPBACK),
-    so with `lo` alone it cannot set up any peer connection. Both ends live in this namespace:
-    traffic between their addresses stays on this machine, inside the namespace. Refuses to run
-    outside a private network namespace (it would add interfaces to the machine's own)."""
+    so with `lo` alone it cannot set up any peer connection. By default both ends live in this
+    private namespace: traffic between their addresses stays inside it. With `host_pid` (root
+    only) the other end goes to that process's network namespace and takes HOST_ADDRESS there,
+    so that a browser on this machine reaches the namespace's gateway and Janus (at
+    MEDIA_ADDRESS) over a link that exists on this machine alone. Refuses to run outside a
+    private network namespace (it would add interfaces to the machine's own)."""
     if not private_network():
         raise RuntimeError("media_link() adds interfaces: run it only inside a private network namespace with just lo")
     peer = MEDIA_LINK[:-1] + "2"
-    base = MEDIA_ADDRESS.rsplit(".", 1)[0]
-    commands = [
+    prefix = "/24"
+    inside = [
         ["ip", "link", "add", MEDIA_LINK, "type", "veth", "peer", "name", peer],
-        ["ip", "addr", "add", f"{MEDIA_ADDRESS}/24", "dev", MEDIA_LINK],
-        ["ip", "addr", "add", f"{base}.2/24", "dev", peer],
+        ["ip", "addr", "add", MEDIA_ADDRESS + prefix, "dev", MEDIA_LINK],
         ["ip", "link", "set", MEDIA_LINK, "up"],
-        ["ip", "link", "set", peer, "up"],
     ]
+    if host_pid is None:
+        peer_side = [["ip", "addr", "add", HOST_ADDRESS + prefix, "dev", peer], ["ip", "link", "set", peer, "up"]]
+    else:
+        there = ["nsenter", f"--net=/proc/{host_pid}/ns/net"]
+        inside.append(["ip", "link", "set", peer, "netns", str(host_pid)])
+        peer_side = [
+            [*there, "ip", "addr", "add", HOST_ADDRESS + prefix, "dev", peer],
+            [*there, "ip", "link", "set", peer, "up"],
+        ]
     try:
-        for command in commands:
-            subprocess.run(command, check=True, capture_output=True)
+        for command in inside + peer_side:
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(
+                    f"media link: `{' '.join(command)}` failed: {done.stderr.strip()} (a link of that name left by "
+                    f"an earlier run? `ip link del {peer}` removes it)"
+                )
         yield MEDIA_LINK
     finally:
         subprocess.run(["ip", "link", "del", MEDIA_LINK], capture_output=True)  # takes the peer along

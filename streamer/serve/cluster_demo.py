@@ -24,7 +24,19 @@ import signal
 import sys
 import urllib.request
 
-from streamer.janus.netns import media_link, private_network
+from streamer.janus.netns import HOST_ADDRESS, MEDIA_ADDRESS, media_link, private_network
+
+
+def _host_namespace_pid() -> int | None:
+    """The process (make, or the shell) whose network namespace is this machine's, when this one
+    runs in a private namespace of its own and may add a link to it (root); else None."""
+    parent = os.getppid()
+    try:
+        if os.geteuid() != 0 or os.readlink(f"/proc/{parent}/ns/net") == os.readlink("/proc/self/ns/net"):
+            return None
+    except OSError:
+        return None
+    return parent
 
 
 def _call(origin: str, method: str, path: str, token: str, body: object = None) -> dict[str, object]:
@@ -53,8 +65,9 @@ async def _run(expose: bool, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    host_pid = None if expose else _host_namespace_pid()
     with contextlib.ExitStack() as stack:
-        link = None if expose else stack.enter_context(media_link())
+        link = None if expose else stack.enter_context(media_link(host_pid))
         janus = stack.enter_context(JanusServer(JanusServerConfig(ice_enforce_list=link)))
         print(f"cluster-demo: Janus on {janus.url}", flush=True)
         store = 150 * 1024 * 1024
@@ -67,8 +80,13 @@ async def _run(expose: bool, port: int) -> None:
             cluster.add_node(num_cpus=1, resources={RESOURCE: 1}, object_store_memory=store)
         cluster.wait_for_nodes()
         print(f"cluster-demo: Ray head at {cluster.address}, two worker nodes with 1 {RESOURCE} each", flush=True)
+        # With a link to this machine's own namespace, the gateway listens on its end of it, so
+        # that a browser here opens the room links (a token then guards the page, as serve's does).
+        host = MEDIA_ADDRESS if host_pid is not None else "127.0.0.1"
         gateway = Gateway(
-            GatewayConfig(avatars=(DEMO_AVATAR,), ray_address=cluster.address, janus_url=janus.url, port=port)
+            GatewayConfig(
+                avatars=(DEMO_AVATAR,), ray_address=cluster.address, janus_url=janus.url, host=host, port=port
+            )
         )
         await gateway.startup()
         stack.callback(ray.shutdown)
@@ -102,7 +120,13 @@ async def _run(expose: bool, port: int) -> None:
         assert isinstance(links, dict)
         print(f"cluster-demo: viewer link: {links['viewer']}")
         print(f"cluster-demo: fleet: curl -H 'Authorization: Bearer {token}' {gateway.origin}/api/fleet")
-        if not expose:
+        if host_pid is not None:
+            print(
+                "cluster-demo: open the viewer link in a browser on this machine: it reaches the private "
+                f"network namespace over a link of its own ({HOST_ADDRESS} here, {MEDIA_ADDRESS} there)",
+                flush=True,
+            )
+        elif not expose:
             print(
                 "cluster-demo: all of this runs in a private network namespace; reach it from this machine's "
                 f"shell with: nsenter --net=/proc/{os.getpid()}/ns/net curl ... (docs/cluster.md)",
