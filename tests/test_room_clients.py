@@ -219,6 +219,7 @@ def test_the_gateways_janus_pass_through_passes_only_a_participants_requests() -
 
 def test_room_links_open_the_page_where_the_gateway_needs_a_page_token() -> None:
     pytest.importorskip("ray")
+    import http.cookiejar
     import urllib.error
     import urllib.request
 
@@ -243,5 +244,12 @@ def test_room_links_open_the_page_where_the_gateway_needs_a_page_token() -> None
                 assert ("token=page-token" in link) == (token is not None)
             if token is not None:  # the room token alone opens no page there
                 assert status(links["viewer"].replace("&token=page-token", "")) == 401
+                # the page's own files come with the cookie the link's token earned, under the gateway's name
+                jar = http.cookiejar.CookieJar()
+                browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+                browser.open(links["viewer"], timeout=30).close()
+                assert [c.name for c in jar] == ["avatarcam_token_gateway"]
+                with browser.open(gateway.gateway.origin + "/static/app.js", timeout=30) as response:
+                    assert response.status == 200
         finally:
             gateway.close()

@@ -35,15 +35,18 @@ class SessionCookies:
         operator_token: the operator credential.
         tls: served over https (the names then carry `__Host-`, and the cookies are Secure).
         lifetime: seconds a cookie is valid after it is issued.
+        scope: a suffix for the names, so that two services on one host (cookies ignore the
+            port) keep apart: serve has none, the gateway "gateway".
     """
 
     token: str | None
     operator_token: str
     tls: bool
     lifetime: float = COOKIE_LIFETIME
+    scope: str = ""
 
     def name(self, role: Role) -> str:
-        return ("__Host-" if self.tls else "") + _NAMES[role]
+        return ("__Host-" if self.tls else "") + _NAMES[role] + (f"_{self.scope}" if self.scope else "")
 
     def _credential(self, role: Role) -> str | None:
         return self.operator_token if role is Role.OPERATOR else self.token

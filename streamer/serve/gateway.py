@@ -29,11 +29,11 @@ import logging
 import re
 import secrets
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
 from aiohttp import web
@@ -43,13 +43,13 @@ from streamer.cluster.avatars import AvatarRef, AvatarUnavailable
 from streamer.cluster.fleet import Fleet, FleetConfig, NoCapacity, RayDown, UnknownSession
 from streamer.janus.client import AVATAR, DRIVER, JanusDown, JanusError, JanusSession, Room
 from streamer.serve.cookies import SessionCookies
-from streamer.serve.http import MAX_BODY, RequestLog, _error, _security_headers
+from streamer.serve.guard import Guard, listen, page, read_json
 from streamer.serve.rooms import Participant, RoomRecord
-from streamer.serve.security import AccessPolicy, Role, loopback_names
+from streamer.serve.security import AccessPolicy, loopback_names
+from streamer.serve.service import RequestError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 WEB_ROOT = Path(__file__).resolve().parents[2] / "web"
 OPERATOR_PREFIXES = ("/dashboard", "/api/rooms", "/api/fleet")
@@ -60,13 +60,8 @@ JANUS_PATH = re.compile(r"(?:/\d{1,20}(?:/\d{1,20})?)?")
 JANUS_POLL = 70.0  # seconds a long-poll GET may take (Janus answers within 30 s)
 
 
-class GatewayError(Exception):
+class GatewayError(RequestError):
     """A request the gateway answers with `status` and a message saying what to do."""
-
-    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -131,8 +126,17 @@ class Gateway:
         self.config = config.resolved()
         assert self.config.operator_token is not None
         hosts = loopback_names(self.config.host) | {h.lower() for h in self.config.allowed_hosts}
-        self.policy = AccessPolicy(self.config.token, self.config.operator_token, hosts)
-        self.cookies = SessionCookies(self.config.token, self.config.operator_token, False)
+        self.guard = Guard(
+            AccessPolicy(self.config.token, self.config.operator_token, hosts),
+            # its own cookie names: a serve on another port of the same host keeps its cookies
+            SessionCookies(self.config.token, self.config.operator_token, False, scope="gateway"),
+            started="avatarcam gateway",
+            host_hint="the gateway",
+            operator_routes=lambda request: request.path.startswith(OPERATOR_PREFIXES),
+            operator_only="this needs the operator token (the dashboard URL avatarcam gateway printed)",
+            # a join carries its room's token; Janus's API (/janus) checks the room's pin and its own api_secret
+            token_free=lambda request: request.path.endswith("/join") or request.path.split("/")[1] == "janus",
+        )
         actor = ActorOptions(max_restarts=self.config.max_restarts)
         self.fleet = fleet or Fleet(
             FleetConfig(self.config.ray_address, actor=actor, start_timeout=self.config.start_timeout)
@@ -148,12 +152,11 @@ class Gateway:
     # ---- lifecycle ---------------------------------------------------------------------------------
 
     async def startup(self) -> int:
-        app = web.Application(middlewares=[self._errors, self._guard], client_max_size=MAX_BODY)
-        app.on_response_prepare.append(_security_headers)
+        app = self.guard.application()
         app.add_routes(
             [
-                web.get("/", self._page("index.html")),
-                web.get("/dashboard", self._page("fleet.html")),  # the fleet view (web/fleet.js)
+                web.get("/", page(self.config.web_root, "index.html")),
+                web.get("/dashboard", page(self.config.web_root, "fleet.html")),  # the fleet view (web/fleet.js)
                 web.get("/healthz", self._health),
                 web.post("/api/rooms", self._create),
                 web.get("/api/rooms", self._list),
@@ -167,15 +170,7 @@ class Gateway:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=JANUS_POLL, connect=5))
         if self.config.web_root.is_dir():
             app.router.add_static("/static", self.config.web_root)
-        self._runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, logger=RequestLog(logging.getLogger("aiohttp.server"))
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await listen(app, self.config.host, self.config.port)
         return self.port
 
     async def shutdown(self) -> None:
@@ -195,68 +190,10 @@ class Gateway:
     def operator_url(self) -> str:
         return f"{self.origin}/dashboard?token={self.config.operator_token}"
 
-    # ---- middlewares ------------------------------------------------------------------------------
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except GatewayError as exc:
-            log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-            return _error(exc.status, str(exc), exc.retry_after)
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                return _error(exc.status, exc.reason)
-            raise
-
-    def _role(self, request: web.Request) -> Role:
-        auth = request.headers.get("Authorization", "")
-        given = [request.query.get("token", ""), auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""]
-        return max(self.policy.role(given), self.cookies.role(request.cookies))
-
-    def _origin_ok(self, request: web.Request) -> bool:
-        origin = request.headers.get("Origin")
-        if origin is None:
-            return True
-        try:
-            return urlsplit(origin).netloc == request.host
-        except ValueError:
-            return False
-
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not self.policy.host_ok(request.headers.get("Host")):
-            return _error(
-                403, "host not allowed: open 127.0.0.1 or localhost, or start the gateway with --allowed-host"
-            )
-        if request.method != "GET" and not self._origin_ok(request):
-            return _error(403, "origin not allowed")
-        # a join carries its room's token; Janus's API (/janus) checks the room's pin and its own api_secret
-        if request.path == "/healthz" or request.path.endswith("/join") or request.path.split("/")[1] == "janus":
-            return await handler(request)
-        role = self._role(request)
-        if role is Role.NONE:
-            return _error(401, "missing or wrong access token: open the URL avatarcam gateway printed")
-        if request.path.startswith(OPERATOR_PREFIXES) and role is not Role.OPERATOR:
-            return _error(403, "this needs the operator token (the dashboard URL avatarcam gateway printed)")
-        return await handler(request)
-
     # ---- helpers ----------------------------------------------------------------------------------
 
-    def _page(self, name: str) -> Handler:
-        async def page(request: web.Request) -> web.StreamResponse:
-            path = self.config.web_root / name
-            if not path.is_file():
-                return _error(404, f"{name} is missing from {self.config.web_root}")
-            return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
-
-        return page
-
     async def _body(self, request: web.Request) -> dict[str, Any]:
-        try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            raise GatewayError(400, "the body is not valid JSON") from None
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise GatewayError(400, "the body must be a JSON object")
         return body
@@ -266,9 +203,9 @@ class Gateway:
         try:
             return await asyncio.to_thread(fn, *args)
         except RayDown as exc:
-            raise GatewayError(503, str(exc), self.config.retry_after) from None
+            raise GatewayError(503, str(exc), retry_after=self.config.retry_after) from None
         except NoCapacity as exc:
-            raise GatewayError(503, str(exc), self.config.retry_after) from None
+            raise GatewayError(503, str(exc), retry_after=self.config.retry_after) from None
         except UnknownSession as exc:
             raise GatewayError(404, str(exc)) from None
         except (SessionFailed, AvatarUnavailable) as exc:
@@ -279,7 +216,7 @@ class Gateway:
             503,
             f"Janus at {self.config.janus_url} is not reachable: start it (docs/cluster.md) or give the gateway "
             "its address with --janus-url",
-            self.config.retry_after,
+            retry_after=self.config.retry_after,
         )
 
     async def _janus(self) -> JanusSession:
@@ -328,7 +265,7 @@ class Gateway:
         async with self._creating:  # one placement at a time: the capacity check and the placement agree
             capacity = await self._ray(self.fleet.capacity)
             if capacity.free < 1:
-                raise GatewayError(503, str(self.fleet._no_capacity()), self.config.retry_after)
+                raise GatewayError(503, str(self.fleet._no_capacity()), retry_after=self.config.retry_after)
             avatar = await self._ray(self._avatar_ref, name)
             secret, pin, tokens = RoomRecord.new_secrets()
             janus = await self._janus()
@@ -425,7 +362,7 @@ class Gateway:
             except JanusError as exc:
                 log.warning("room %d: Janus did not destroy it: %s", record.room, exc)
         except RayDown as exc:
-            raise GatewayError(503, str(exc), self.config.retry_after) from None
+            raise GatewayError(503, str(exc), retry_after=self.config.retry_after) from None
         finally:
             await janus.close()
         self.rooms.pop(record.room, None)

@@ -15,15 +15,14 @@ import logging
 import signal
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
-from aiohttp.http_exceptions import HttpProcessingError
 
 from streamer.serve.config import ServeConfig
 from streamer.serve.cookies import SessionCookies
+from streamer.serve.guard import ROLE, Guard, listen, page, read_json
 from streamer.serve.security import (
     AccessPolicy,
     Role,
@@ -38,26 +37,7 @@ from streamer.serve.service import OPERATOR_ONLY, RequestError, Service
 log = logging.getLogger(__name__)
 
 
-MAX_BODY = 256 * 1024  # bytes; an SDP offer is a few kB
-
-
 FEED_PERIOD = 0.5  # seconds between dashboard snapshots and per-peer stats
-
-
-# The page and dashboard load scripts, styles and images only from the service (inline styles
-# stay allowed: the charts' legends and the dashboard's cards use them), talk only to it (fetch,
-# /ws), are framed by no one (clickjacking the operator's controls) and send no Referer, which
-# would carry a `?token=` address to another site.
-SECURITY_HEADERS = {
-    "Content-Security-Policy": (
-        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
-        "media-src 'self' blob: mediastream:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
-        "form-action 'self'; frame-ancestors 'none'"
-    ),
-    "Referrer-Policy": "no-referrer",
-    "X-Frame-Options": "DENY",
-    "X-Content-Type-Options": "nosniff",
-}
 
 
 SEND_TIMEOUT = 10.0  # seconds a websocket client may take to accept one message before it is closed
@@ -67,32 +47,6 @@ MAX_SOCKETS_PER_CLIENT = 8  # websockets one client (an address; an IPv6 /64) ma
 
 
 OPERATOR_ROUTES = ("/dashboard", "/api/control")
-
-
-ROLE = web.RequestKey("role", Role)
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class RequestLog(logging.LoggerAdapter[logging.Logger]):
-    """aiohttp's log for handling requests. A request it cannot parse (no Host header or two, a
-    NUL byte in a header, a line too long) is the client's fault and is answered 400: that is
-    one INFO line here, not an ERROR with a traceback, so garbage sent to the port cannot fill
-    the log with errors. Anything else stays an ERROR."""
-
-    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
-        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
-        if isinstance(exc, HttpProcessingError) and 400 <= exc.code < 500:
-            reason = (str(exc.message).strip().splitlines() or [""])[0]
-            self.info(f"{msg}: answered {exc.code}, %s", *args, reason[:200])
-        else:
-            super().exception(msg, *args, exc_info=exc_info, **kwargs)
-
-
-def _error(status: int, message: str, retry_after: int | None = None) -> web.Response:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return web.json_response({"error": message}, status=status, headers=headers)
 
 
 class Outbox:
@@ -157,8 +111,15 @@ class Server:
         self.config = config.resolved()
         assert self.config.operator_token is not None
         hosts = loopback_names(self.config.host) | {h.lower() for h in self.config.allowed_hosts}
-        self.policy = AccessPolicy(self.config.token, self.config.operator_token, hosts)
-        self.cookies = SessionCookies(self.config.token, self.config.operator_token, self.config.tls)
+        self.guard = Guard(
+            AccessPolicy(self.config.token, self.config.operator_token, hosts),
+            SessionCookies(self.config.token, self.config.operator_token, self.config.tls),
+            started="avatarcam serve",
+            host_hint="avatarcam",
+            operator_routes=lambda request: request.path in OPERATOR_ROUTES,
+            operator_only=OPERATOR_ONLY,
+            allowed_origins=self.config.allowed_origins,
+        )
         self.service = Service(self.config)
         self.should_exit = asyncio.Event()
         self.port = 0
@@ -170,13 +131,12 @@ class Server:
 
     async def startup(self) -> int:
         await self.service.startup()
-        app = web.Application(middlewares=[self._errors, self._guard], client_max_size=MAX_BODY)
-        app.on_response_prepare.append(_security_headers)
+        app = self.guard.application()
         web_root = self.config.web_root
         app.add_routes(
             [
-                web.get("/", self._page("index.html")),
-                web.get("/dashboard", self._page("dashboard.html")),
+                web.get("/", page(web_root, "index.html")),
+                web.get("/dashboard", page(web_root, "dashboard.html")),
                 web.post("/offer", self._offer),
                 web.get("/api/info", self._info),
                 web.get("/api/sessions", self._sessions),
@@ -188,14 +148,7 @@ class Server:
         )
         if web_root.is_dir():
             app.router.add_static("/static", web_root)
-        request_log = RequestLog(logging.getLogger("aiohttp.server"))
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, logger=request_log)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port, ssl_context=self._tls())
-        await site.start()
-        server = site._server
-        assert server is not None
-        self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        self._runner, self.port = await listen(app, self.config.host, self.config.port, self._tls())
         self._feed = asyncio.get_running_loop().create_task(self._push_feed(), name="feed")
         return self.port
 
@@ -271,101 +224,10 @@ class Server:
                 for outbox in list(self._sockets.values()):
                     outbox.snapshot(message)
 
-    # ---- middlewares: errors, token, origin -----------------------------------------------------
-
-    @web.middleware
-    async def _errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        try:
-            return await handler(request)
-        except RequestError as exc:
-            log.info("%s %s -> %d: %s", request.method, request.path, exc.status, exc)
-            return _error(exc.status, str(exc), exc.retry_after)
-        except web.HTTPRequestEntityTooLarge:
-            log.warning("%s %s: body over %d bytes", request.method, request.path, MAX_BODY)
-            return _error(413, f"request body over {MAX_BODY} bytes")
-        except web.HTTPException as exc:
-            if exc.status >= 400:
-                return _error(exc.status, exc.reason)
-            raise
-
-    def _role(self, request: web.Request) -> Role:
-        auth = request.headers.get("Authorization", "")
-        given = [request.query.get("token", ""), auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else ""]
-        return max(self.policy.role(given), self.cookies.role(request.cookies))
-
-    def _set_cookie(self, request: web.Request, response: web.StreamResponse) -> None:
-        """A page opened with `?token=` gets a cookie for the role that token grants (an opaque
-        value, not the token), unless it already holds a valid one: the page then works after
-        it removes the token from its address bar, and on reload."""
-        given = request.query.get("token")
-        role = self.policy.role([given]) if given else Role.NONE
-        if role is Role.NONE or (role is Role.VIEWER and self.config.token is None):
-            return
-        name = self.cookies.name(role)
-        if self.cookies.valid(request.cookies.get(name, ""), role):
-            return
-        response.set_cookie(
-            name,
-            self.cookies.issue(role),
-            max_age=int(self.cookies.lifetime),
-            path="/",
-            httponly=True,
-            samesite="Strict",
-            secure=self.config.tls,
-        )
-
-    def _origin_ok(self, request: web.Request) -> bool:
-        origin = request.headers.get("Origin")
-        if origin is None:  # not a browser, or a same-origin GET: the token is the guard
-            return True
-        if origin in self.config.allowed_origins:
-            return True
-        try:
-            return urlsplit(origin).netloc == request.host
-        except ValueError:  # "http://[::1" and the like: not this service's origin
-            return False
-
-    @web.middleware
-    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        # Without a token, a DNS-rebinding page reaches the port under its own host name: the
-        # Host header is the only thing that tells it apart, so it is checked on every route.
-        if not self.policy.host_ok(request.headers.get("Host")):
-            log.warning("refused %s %s for Host %r", request.method, request.path, request.headers.get("Host"))
-            return _error(403, "host not allowed: open 127.0.0.1 or localhost, or start avatarcam with --allowed-host")
-        if request.path == "/healthz":
-            return await handler(request)
-        role = self._role(request)
-        if role is Role.NONE:
-            return _error(401, "missing or wrong access token: open the URL avatarcam serve printed")
-        if (request.method != "GET" or request.path == "/ws") and not self._origin_ok(request):
-            log.warning("refused %s %s from origin %s", request.method, request.path, request.headers["Origin"])
-            return _error(403, "origin not allowed")
-        if request.path in OPERATOR_ROUTES and role is not Role.OPERATOR:
-            return _error(403, OPERATOR_ONLY)
-        request[ROLE] = role
-        response = await handler(request)
-        self._set_cookie(request, response)
-        return response
-
     # ---- routes --------------------------------------------------------------------------------
 
-    def _page(self, name: str) -> Handler:
-        async def page(request: web.Request) -> web.StreamResponse:
-            path = self.config.web_root / name
-            if not path.is_file():
-                return _error(404, f"{name} is missing from {self.config.web_root}")
-            return web.FileResponse(path, headers={"Cache-Control": "no-cache"})
-
-        return page
-
-    async def _json(self, request: web.Request) -> Any:
-        try:
-            return await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            raise RequestError(400, "the body is not valid JSON") from None
-
     async def _offer(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
+        body = await read_json(request)
         operator = request.get(ROLE) is Role.OPERATOR
         answer = await self.service.offer(body, request.remote or "unknown", operator=operator)
         return web.json_response(answer)
@@ -378,7 +240,7 @@ class Server:
         return web.json_response({"sessions": [s.snapshot() for s in self.service.sessions()]})
 
     async def _control(self, request: web.Request) -> web.Response:
-        body = await self._json(request)
+        body = await read_json(request)
         if not isinstance(body, dict):
             raise RequestError(400, 'expected JSON {"action": ..., "session"?: ..., "value"?: ...}')
         return web.json_response(await self.service.control(body.get("action"), body.get("session"), body.get("value")))
@@ -419,11 +281,6 @@ class Server:
             self._sockets.pop(ws, None)
             outbox.task.cancel()
         return ws
-
-
-async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
-    for name, value in SECURITY_HEADERS.items():
-        response.headers.setdefault(name, value)
 
 
 async def serve(config: ServeConfig) -> None:
