@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util import metrics
 
 from streamer.cluster.avatars import AvatarRef
 from streamer.cluster.names import RESOURCE
@@ -118,6 +119,30 @@ class PatientSource:
             await self._source.close()
 
 
+EXPORT_PERIOD = 5.0  # seconds between the session's figures and Ray's metrics
+GAUGES = {
+    "avatarcam_session_fps": "avatar frames per second the session publishes",
+    "avatarcam_session_e2e_p50_ms": "capture to sink, median, ms",
+    "avatarcam_session_e2e_p99_ms": "capture to sink, 99th percentile, ms",
+    "avatarcam_session_dropped": "frames the session dropped so far",
+    "avatarcam_session_face_found": "1 while tracking finds the driver's face",
+}
+
+
+def gauge_values(snapshot: dict[str, Any]) -> dict[str, float]:
+    """The figures of a session snapshot that Ray's metrics carry, by gauge name (GAUGES); a
+    figure the snapshot does not have yet is left out rather than reported as 0."""
+    e2e = snapshot.get("e2e_ms") or {}
+    values = {
+        "avatarcam_session_fps": snapshot.get("fps"),
+        "avatarcam_session_e2e_p50_ms": e2e.get("p50"),
+        "avatarcam_session_e2e_p99_ms": e2e.get("p99"),
+        "avatarcam_session_dropped": snapshot.get("dropped"),
+        "avatarcam_session_face_found": None if snapshot.get("face_found") is None else float(snapshot["face_found"]),
+    }
+    return {name: float(v) for name, v in values.items() if v is not None}
+
+
 class SessionActor:
     """One avatar session on whichever node Ray placed it (use through `remote_class`)."""
 
@@ -133,6 +158,10 @@ class SessionActor:
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"{spec.name}-loop", daemon=True)
         self._thread.start()
         self._started: Future[None] = asyncio.run_coroutine_threadsafe(self._open(), self._loop)
+        # Ray's metrics (its dashboard, its Prometheus endpoint on each node) get the session's
+        # own figures, tagged by session, beside Ray's figures for the actor's process.
+        self._gauges = {name: metrics.Gauge(name, text, tag_keys=("session",)) for name, text in GAUGES.items()}
+        self._exporting = asyncio.run_coroutine_threadsafe(self._export(), self._loop)
         log.info("session %s on node %s (restarted: %s)", spec.name, self.node, self.restarted)
 
     async def _open(self) -> None:
@@ -193,6 +222,14 @@ class SessionActor:
             "restarted": self.restarted,
         }
 
+    async def _export(self) -> None:
+        tags = {"session": self.spec.name}
+        while True:
+            await asyncio.sleep(EXPORT_PERIOD)
+            if self.session is not None:
+                for name, value in gauge_values(self.session.snapshot()).items():
+                    self._gauges[name].set(value, tags=tags)
+
     async def _snapshot(self) -> dict[str, Any]:
         assert self.session is not None
         return self.session.snapshot()
@@ -201,6 +238,7 @@ class SessionActor:
         """Stop the session (leave the room, release engine and tracker) before the actor is killed."""
 
         async def _stop() -> None:
+            self._exporting.cancel()
             if self.session is not None:
                 await self.session.stop()
 
