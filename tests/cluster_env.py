@@ -12,9 +12,10 @@ import asyncio
 import json
 import secrets
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -161,3 +162,16 @@ def _janus_less_gateway(**given: Any) -> GatewayThread:
         **given,
     )
     return GatewayThread(config)
+
+
+WAIT = 120.0  # seconds a condition may take on a loaded 2-core machine before the test fails
+
+
+def _until(condition: Callable[[], Any], what: str, wait: float = WAIT) -> Any:
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what} did not happen within {wait:.0f} s")

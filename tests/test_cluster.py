@@ -36,14 +36,14 @@ from streamer.cluster.fleet import Fleet, FleetConfig, NoCapacity, RayDown, Unkn
 from streamer.provenance.identity import DEMO_AVATAR, DEMO_CLIP  # noqa: E402
 from tests.cluster_env import (  # noqa: E402  (the fixtures come from tests/conftest.py)
     OPERATOR,
+    WAIT,
     GatewayThread,
     _create,
     _gateway_config,
     _join,
     _node,
+    _until,
 )
-
-WAIT = 120.0  # seconds a condition may take on a loaded 2-core machine before the test fails
 
 
 @pytest.fixture(scope="module")
@@ -58,16 +58,6 @@ def clip() -> list[np.ndarray[Any, Any]]:
 
 def _spec(name: str) -> SessionSpec:
     return SessionSpec(name, f"file:{DEMO_CLIP}", ("null",), source_fps=10.0, fps=10.0)
-
-
-def _until(condition: Callable[[], Any], what: str, wait: float = WAIT) -> Any:
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what} did not happen within {wait:.0f} s")
 
 
 def test_capacity_refuses_the_stream_after_the_last_and_admits_it_once_one_ends(

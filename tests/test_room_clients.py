@@ -23,7 +23,7 @@ from streamer.connect.config import ConnectConfig, ConnectError
 from streamer.connect.room import room_link
 from streamer.sinks.base import SinkSpec
 from tests.browser import browsers, fake_camera, require_chromium
-from tests.cluster_env import GatewayThread, _create, _node
+from tests.cluster_env import GatewayThread, _create, _node, _until
 from tests.media import shared_video
 from tests.netns import needs_private_network
 
@@ -155,6 +155,13 @@ def test_page_on_room_links_drives_and_shows_the_avatar_with_glass_to_glass(
             assert driver.text("stat-glass").endswith("ms") and viewer.text("stat-glass") == "n/a"
             assert size == [256, 256]  # the avatar (the demo's 256 px), not the driver's camera
             assert driver.text("mode").startswith(f"room {created['room']}: your camera drives")
+
+            def reported() -> Any:  # the driver's page reports its glass-to-glass to the fleet view
+                (row,) = [s for s in gateway.call("GET", "/api/fleet")[2]["sessions"] if s["room"] == created["room"]]
+                return row["glass_ms"].get("p50")
+
+            fleet_glass = _until(reported, "the driver's glass-to-glass in the fleet view")
+            assert 0 < fleet_glass < 60_000
     finally:
         assert gateway.call("DELETE", f"/api/rooms/{created['room']}")[0] == 200
 
@@ -253,3 +260,26 @@ def test_room_links_open_the_page_where_the_gateway_needs_a_page_token() -> None
                     assert response.status == 200
         finally:
             gateway.close()
+
+
+def test_only_a_rooms_driver_reports_glass_to_glass_and_only_a_plausible_figure() -> None:
+    pytest.importorskip("ray")
+    from streamer.serve.rooms import Participant, RoomRecord
+    from tests.cluster_env import _janus_less_gateway
+
+    gateway = _janus_less_gateway()
+    secret, pin, tokens = RoomRecord.new_secrets()
+    record = RoomRecord(7, "cap12", "room-7", secret, pin, tokens)
+    gateway.gateway.rooms[7] = record
+    try:
+        driver, viewer = tokens[Participant.DRIVER], tokens[Participant.VIEWER]
+        report = "/api/rooms/7/report"
+        assert gateway.call("POST", report, {"token": viewer, "glass_ms": 80}, token=None)[0] == 403
+        for bad in (0, -5, 90_000, "80", True, None):
+            assert gateway.call("POST", report, {"token": driver, "glass_ms": bad}, token=None)[0] == 400, bad
+        assert gateway.call("POST", "/api/rooms/8/report", {"token": driver, "glass_ms": 80}, token=None)[0] == 404
+        assert list(record.glass) == []
+        status, _, answer = gateway.call("POST", report, {"token": driver, "glass_ms": 80.5}, token=None)
+        assert status == 200 and answer == {"reports": 1} and list(record.glass) == [0.0805]
+    finally:
+        gateway.close()

@@ -14,6 +14,7 @@ import { JanusSession } from "./janus.js";
 import { MODULUS, StampReader, fits as stampFits, write as writeStamp } from "./stamp.js";
 
 const STATS_PERIOD_MS = 500;
+const GLASS_REPORT_MS = 2000; // a room's driver reports glass-to-glass to the gateway this often
 const SERVER_SILENCE_MS = 4000; // no stats message for this long while connected: the session is lost
 const DISCONNECTED_GRACE_MS = 3000; // ICE "disconnected" can recover by itself
 const GLASS_WINDOW = 90; // samples in the running median (~3 s at 30 fps)
@@ -217,6 +218,7 @@ const app = {
   server: null, // the latest stats message
   generation: 0, // bumps on every teardown so late callbacks of an old connection do nothing
   room: roomLink, // room mode (see the top of this file)
+  glassReported: -Infinity, // when this page last reported glass-to-glass to the gateway (room mode)
   joined: null, // the gateway's join answer
   janus: null, // the JanusSession of this connection (room mode)
   subscriber: null, // its avatar subscription (room mode): `switches` counts followed re-publishes
@@ -601,9 +603,20 @@ async function tick(generation) {
       $("stat-glass").title =
         `median of the last ${app.glass.values.length} frames (${app.glass.count} measured), ` +
         `from ${app.camera.clockFrom} to display`;
-      send({ type: "glass", ms: glass });
+      if (app.room) reportGlass(glass);
+      else send({ type: "glass", ms: glass });
     }
   }
+}
+
+// In a room there is no data channel to the session: the driver's page reports its glass-to-glass
+// median to the gateway, whose fleet view shows it.
+function reportGlass(glass) {
+  const now = performance.now();
+  if (now - app.glassReported < GLASS_REPORT_MS) return;
+  app.glassReported = now;
+  const path = `/api/rooms/${encodeURIComponent(app.room.room)}/report`;
+  api(path, { token: app.room.token, glass_ms: glass }).catch(() => {}); // the next one may pass
 }
 
 function send(message) {

@@ -41,6 +41,7 @@ from aiohttp import web
 from streamer.cluster.actor import ActorOptions, SessionFailed, SessionSpec
 from streamer.cluster.avatars import AvatarRef, AvatarUnavailable
 from streamer.cluster.fleet import Fleet, FleetConfig, NoCapacity, RayDown, UnknownSession
+from streamer.core.figures import percentiles
 from streamer.janus.client import AVATAR, DRIVER, JanusDown, JanusError, JanusSession, Room
 from streamer.serve.cookies import SessionCookies
 from streamer.serve.guard import Guard, listen, page, read_json
@@ -58,6 +59,12 @@ JANUS_MESSAGES = {"create", "attach", "message", "trickle", "keepalive", "detach
 VIDEOROOM_REQUESTS = {"join", "publish", "configure", "unpublish", "start", "pause", "switch", "leave", "update"}
 JANUS_PATH = re.compile(r"(?:/\d{1,20}(?:/\d{1,20})?)?")
 JANUS_POLL = 70.0  # seconds a long-poll GET may take (Janus answers within 30 s)
+
+
+def _own_credential(request: web.Request) -> bool:
+    """Routes that carry their own credential: a join and a driver's report carry the room's
+    token; Janus's API (/janus) checks the room's pin and its own api_secret."""
+    return request.path.endswith(("/join", "/report")) or request.path.split("/")[1] == "janus"
 
 
 class GatewayError(RequestError):
@@ -135,7 +142,10 @@ class Gateway:
             operator_routes=lambda request: request.path.startswith(OPERATOR_PREFIXES),
             operator_only="this needs the operator token (the dashboard URL avatarcam gateway printed)",
             # a join carries its room's token; Janus's API (/janus) checks the room's pin and its own api_secret
-            token_free=lambda request: request.path.endswith("/join") or request.path.split("/")[1] == "janus",
+            # and so does a driver's report
+            token_free=lambda request: (
+                request.path.endswith(("/join", "/report")) or request.path.split("/")[1] == "janus"
+            ),
         )
         actor = ActorOptions(max_restarts=self.config.max_restarts)
         self.fleet = fleet or Fleet(
@@ -161,6 +171,7 @@ class Gateway:
                 web.post("/api/rooms", self._create),
                 web.get("/api/rooms", self._list),
                 web.post("/api/rooms/{room}/join", self._join),
+                web.post("/api/rooms/{room}/report", self._report),
                 web.delete("/api/rooms/{room}", self._end),
                 web.get("/api/fleet", self._fleet),
                 web.route("*", "/janus", self._janus_pass),
@@ -349,6 +360,19 @@ class Gateway:
             }
         )
 
+    async def _report(self, request: web.Request) -> web.Response:
+        """The driver's page reports the glass-to-glass latency it measures (its running median,
+        ms), which only it can see; the fleet view shows the room's recent reports."""
+        record = self._record(request)
+        body = await self._body(request)
+        token, glass = body.get("token"), body.get("glass_ms")
+        if not isinstance(token, str) or not record.admits(Participant.DRIVER, token):
+            raise GatewayError(403, f"wrong token for room {record.room}: only its driver reports")
+        if isinstance(glass, bool) or not isinstance(glass, int | float) or not 0 < glass < 60_000:
+            raise GatewayError(400, 'send {"token": DRIVER_TOKEN, "glass_ms": MEDIAN} with 0 < MEDIAN < 60000')
+        record.glass.append(glass / 1000)
+        return web.json_response({"reports": len(record.glass)})
+
     async def _end(self, request: web.Request) -> web.Response:
         record = self._record(request)
         janus = await self._janus()  # Janus down: nothing is ended, the operator retries later
@@ -410,8 +434,13 @@ class Gateway:
 
     def _fleet_view(self) -> dict[str, Any]:
         capacity = self.fleet.capacity()
-        rooms = {r.session: r.room for r in self.rooms.values()}
-        sessions = [{**s, "room": rooms.get(str(s.get("id")), s.get("room"))} for s in self.fleet.sessions()]
+        rooms = {r.session: r for r in self.rooms.values()}
+        sessions = []
+        for s in self.fleet.sessions():
+            record = rooms.get(str(s.get("id")))
+            if record is not None:  # glass-to-glass is the driver's page's to measure: its reports
+                s = {**s, "room": record.room, "glass_ms": percentiles(record.glass) if record.glass else {}}
+            sessions.append(s)
         return {"capacity": capacity.to_json(), "nodes": self.fleet.nodes(), "sessions": sessions}
 
 

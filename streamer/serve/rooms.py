@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -22,6 +23,9 @@ class Participant(StrEnum):
 
 def _same(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode(errors="surrogatepass"), b.encode(errors="surrogatepass"))
+
+
+GLASS_REPORTS = 60  # the driver's latest glass-to-glass medians a room keeps (about 2 minutes)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class RoomRecord:
         pin: the Janus pin that joins the room (given to token holders).
         tokens: the room's credential per participant role.
         created: wall-clock seconds.
+        glass: the driver's page's glass-to-glass medians, seconds, newest last (its reports).
     """
 
     room: int
@@ -45,6 +50,7 @@ class RoomRecord:
     pin: str
     tokens: dict[Participant, str] = field(hash=False)
     created: float = field(default_factory=time.time)
+    glass: deque[float] = field(default_factory=lambda: deque(maxlen=GLASS_REPORTS), hash=False, compare=False)
 
     @classmethod
     def new_secrets(cls) -> tuple[str, str, dict[Participant, str]]:
