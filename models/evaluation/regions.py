@@ -69,7 +69,7 @@ def region_masks(uv: U16, person: U8, landmarks: F32) -> B:
     Returns:
         [N, len(REGIONS), H, W] bool, disjoint, their union every pixel.
     """
-    n, h, w = person.shape
+    h, w = person.shape[1:]
     code = region_codes(uv)  # [N, H, W]
     on_mesh = code > Region.BACKGROUND
     is_person = person >= PERSON_THRESHOLD

@@ -94,8 +94,8 @@ class Temporal:
         previous = [self._last] + [(frames[i], fake[i], real[i], *centres[i]) for i in range(len(frames) - 1)]
         pairs = [i for i, p in enumerate(previous) if p is not None and p[0] == frames[i] - 1]
         if pairs:
-            before_fake = np.stack([previous[i][1] for i in pairs])  # type: ignore[index]
-            before_real = np.stack([previous[i][2] for i in pairs])  # type: ignore[index]
+            before_fake = np.stack([previous[i][1] for i in pairs])
+            before_real = np.stack([previous[i][2] for i in pairs])
             now = np.asarray(pairs)
             self.flicker += self.distance(_tensor(fake[now]), _tensor(before_fake)).double().cpu().tolist()
             self.flicker_real += self.distance(_tensor(real[now]), _tensor(before_real)).double().cpu().tolist()
