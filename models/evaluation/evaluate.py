@@ -5,6 +5,8 @@ renders of held-out frames of its own person (the dataset's test split, or `vide
 each generated frame is compared with the real one: PSNR, SSIM, LPIPS(alex), FID and CSIM,
 on the full frame and on the person only (both images multiplied by the real frame's person
 mask), as the papers report both. Generated frames are the engine's raw output (no badge).
+Self-reenactment also measures PSNR / LPIPS in six face regions (`regions`) and, on consecutive
+frames, flicker (tLP) and head jitter against the real video's own (`temporal`).
 
 Cross-reenactment (`driver`): another person's video drives the avatar through the live
 path (tracking, smoothing, neutral calibration, retargeting). The output is re-tracked with
