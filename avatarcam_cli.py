@@ -229,6 +229,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         metrics=args.metrics.split(","),
         weights=_options(MetricWeights, args),
         baselines=not args.no_baselines,
+        by_region=not args.no_regions,
+        temporal=not args.no_temporal,
     )
     if args.ablate and args.data is None:
         raise EvaluateError("--ablate trains variants on the dataset: pass --data")
@@ -574,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-baselines",
         action="store_true",
         help="skip the mean-training-frame and nearest-training-frame baselines measured beside the avatar",
+    )
+    p.add_argument("--no-regions", action="store_true", help="skip PSNR / LPIPS per face region")
+    p.add_argument("--no-temporal", action="store_true", help="skip flicker (tLP) and head jitter over time")
+    p.add_argument(
+        "--consecutive", action="store_true", help="with --max-frames: the first N consecutive frames, not spaced"
     )
     p.add_argument("--ablate", action="store_true", help="also train and evaluate without L_cos and without L_mrf")
     p.add_argument("--ablate-steps", type=int, help="training steps of each ablation variant (default: the run's)")

@@ -21,6 +21,22 @@ def cap13() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cap13_data(cap12: Path, cap13: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A prepared 256 px dataset whose test split is cap13: the repository's data/cap12 (the
+    demo avatar's, docs/prepare.md) when it is there, else cap12 + cap13's first 24 frames
+    prepared here."""
+    prepared = Path(__file__).resolve().parents[1] / "data" / "cap12"
+    if (prepared / "test" / "tracking.npz").is_file() and (prepared / "train" / "tracking.npz").is_file():
+        return prepared
+    from tracking.prepare import PrepareConfig
+    from tracking.prepare import run as prepare
+
+    out = tmp_path_factory.mktemp("cap13-data") / "cap12"
+    prepare(PrepareConfig(video=cap12, out=out, size=256, test_video=cap13, max_frames=24))
+    return out
+
+
+@pytest.fixture(scope="session")
 def driver_video() -> Path:
     return shared_video("drv_lp_d10_512.mp4")
 

@@ -34,10 +34,13 @@ def test_self_reenactment_writes_metrics_and_report(tiny_avatar: Path, tiny_avat
     assert abs(sum(per_frame["psnr"]) / 3 - metrics["psnr"]) < 1e-9
     page = (out / "index.html").read_text()
     assert "plots.png" in page and "Worst frames" in page
-    images = sorted((out / "frames").glob("*.png"))
+    images = sorted((out / "frames").glob("frame-*.png"))
     assert len(images) == 3 and (out / "plots.png").stat().st_size > 0
-    for image in images:
+    regions = sorted((out / "frames").glob("region-*.png"))  # the worst frames of each region
+    assert regions and "Worst frames per region" in page
+    for image in images + regions:
         assert image.name in page
+    assert metrics["regions"]["face"]["frames"] == 3 and metrics["temporal"]["pairs"] == 0  # spaced: no pairs
 
 
 DEMO = Path(__file__).resolve().parents[1] / "assets" / "demo" / "cap12.avatar"

@@ -215,6 +215,37 @@ def test_lpips_matches_the_lpips_packages_forward_on_noise_and_blur(lpips_net: L
     assert float(ours.min()) > 0.005
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning", "ignore::FutureWarning")
+def test_spatial_lpips_matches_the_lpips_packages_spatial_map(lpips_net: LPIPSNet, frames: list[U8]) -> None:
+    """The per-pixel map that region LPIPS averages equals ``lpips.LPIPS(spatial=True)``'s; a
+    distortion confined to one half of the frame shows in that half's map."""
+    heads = _package_file(LPIPS_HEADS_PTH)
+    stub = _torchvision_stub(lpips_net.backbone)
+    next(stub)
+    try:
+        sys.modules.pop("lpips", None)
+        import lpips as reference_package
+
+        reference = reference_package.LPIPS(
+            net="alex", version="0.1", pnet_rand=True, model_path=str(heads), verbose=False, spatial=True
+        )
+    finally:
+        next(stub, None)
+    half = frames[1].copy()
+    half[:, half.shape[1] // 2 :] = _noisy(frames[1], 25)[:, half.shape[1] // 2 :]
+    real = _tensor([frames[0], frames[1]])
+    fake = _tensor([_blurred(frames[0], 1.5), half])
+    with torch.no_grad():
+        ours = lpips_net.spatial(fake, real)
+        theirs = reference(fake, real, normalize=True)[:, 0]
+        whole = lpips_net(fake, real)
+    assert ours.shape == real.shape[:1] + real.shape[2:]
+    np.testing.assert_allclose(ours.numpy(), theirs.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(ours.mean(dim=(1, 2)).numpy(), whole.numpy(), rtol=0.05)  # close, not equal
+    w = ours.shape[2]
+    assert float(ours[1, :, w // 2 + 40 :].mean()) > 3 * float(ours[1, :, : w // 2 - 40].mean())
+
+
 # ---------------------------------------------------------------- FID
 
 

@@ -5,6 +5,8 @@ renders of held-out frames of its own person (the dataset's test split, or `vide
 each generated frame is compared with the real one: PSNR, SSIM, LPIPS(alex), FID and CSIM,
 on the full frame and on the person only (both images multiplied by the real frame's person
 mask), as the papers report both. Generated frames are the engine's raw output (no badge).
+Self-reenactment also measures PSNR / LPIPS in six face regions (`regions`) and, on consecutive
+frames, flicker (tLP) and head jitter against the real video's own (`temporal`).
 
 Cross-reenactment (`driver`): another person's video drives the avatar through the live
 path (tracking, smoothing, neutral calibration, retargeting). The output is re-tracked with
@@ -33,7 +35,20 @@ from models.avatar import Avatar, load_avatar
 from models.engines import Engine, create_engine
 from models.evaluation.metrics import Metric, MetricWeights, create_metric
 from models.evaluation.metrics.csim import CSIM, face_boxes
+from models.evaluation.metrics.lpips import LPIPSNet, load_lpips
+from models.evaluation.regions import (
+    REGIONS,
+    RegionScores,
+    WorstByRegion,
+    presence,
+    region_masks,
+    region_mean,
+    region_psnr,
+    summarise,
+    table_html,
+)
 from models.evaluation.report import ReportWriter, error_map
+from models.evaluation.temporal import LandmarkCentroid, Temporal
 from tracking.tracker import FaceTrack, FaceTracker
 
 U8 = npt.NDArray[np.uint8]
@@ -77,6 +92,10 @@ class EvaluateOptions:
             one, as engines run it), "teacher" or "student".
         baselines: also measure the mean training frame and the nearest training frame by head
             pose + expression on the same frames (self-reenactment of the test split).
+        by_region: self-reenactment: also PSNR / LPIPS in each region of `regions.REGIONS`.
+        temporal: self-reenactment: also flicker (tLP) and head jitter over consecutive frames.
+        consecutive: with `max_frames`, the first N consecutive frames instead of N evenly
+            spaced ones (the temporal figures need consecutive frames).
     """
 
     source: Path
@@ -96,6 +115,9 @@ class EvaluateOptions:
     calibrate_frame: int | None = None
     network: str = "auto"
     baselines: bool = True
+    by_region: bool = True
+    temporal: bool = True
+    consecutive: bool = False
 
     def validate(self) -> None:
         if not self.source.exists():
@@ -152,10 +174,13 @@ def pick_network(avatar: Avatar, network: str) -> Avatar:
     return avatar
 
 
-def evenly_spaced(total: int, limit: int | None) -> list[int]:
-    """`limit` indices spread evenly over range(total) (all of them without a limit)."""
+def evenly_spaced(total: int, limit: int | None, consecutive: bool = False) -> list[int]:
+    """`limit` indices spread evenly over range(total) (all of them without a limit), or the
+    first `limit` ones when `consecutive`."""
     if limit is None or limit >= total:
         return list(range(total))
+    if consecutive:
+        return list(range(limit))
     return sorted({round(x) for x in np.linspace(0, total - 1, limit)})
 
 
@@ -179,6 +204,8 @@ class Frames:
     boxes: F32
     expression: F32 | None = None
     """[N, 58] head pose (7) + blendshapes (51) of the real frames, when the tracking is known."""
+    landmarks: F32 | None = None
+    """[N, 478, 3] tracked landmarks of the real frames, in pixels at the avatar's resolution."""
 
 
 def _imread(path: Path) -> npt.NDArray[Any]:
@@ -195,7 +222,9 @@ def _fit(image: npt.NDArray[Any], size: int, nearest: bool = False) -> npt.NDArr
     return np.asarray(cv2.resize(image, (size, size), interpolation=interpolation))
 
 
-def split_frames(data: Path, split: str, limit: int | None, size: int, batch: int) -> tuple[int, Iterator[Frames]]:
+def split_frames(
+    data: Path, split: str, limit: int | None, size: int, batch: int, consecutive: bool = False
+) -> tuple[int, Iterator[Frames]]:
     """(frame count, batches) of a prepared split: the renders `prepare` made from the real
     tracking of each held-out frame."""
     folder = data / split
@@ -205,8 +234,10 @@ def split_frames(data: Path, split: str, limit: int | None, size: int, batch: in
     with np.load(tracking) as arrays:
         frames, landmarks, crop = arrays["frame"], arrays["landmarks"], arrays["crop"]
         expression = pose_and_expression(arrays)
-    picks = evenly_spaced(len(frames), limit)
-    boxes = face_boxes(landmarks[picks]) * np.float32(size / float(crop[3]))
+    picks = evenly_spaced(len(frames), limit, consecutive)
+    scale = np.float32(size / float(crop[3]))
+    boxes = face_boxes(landmarks[picks]) * scale
+    points = (landmarks[picks] * scale).astype(np.float32)
 
     def batches() -> Iterator[Frames]:
         for start in range(0, len(picks), batch):
@@ -220,12 +251,15 @@ def split_frames(data: Path, split: str, limit: int | None, size: int, batch: in
                 shaded=np.stack([_fit(_imread(folder / "render" / n)[..., ::-1], size) for n in names]),
                 boxes=boxes[start : start + batch],
                 expression=expression[chunk],
+                landmarks=points[start : start + batch],
             )
 
     return len(picks), batches()
 
 
-def video_frames(video: Path, limit: int | None, size: int, batch: int) -> tuple[int, Iterator[Frames]]:
+def video_frames(
+    video: Path, limit: int | None, size: int, batch: int, consecutive: bool = False
+) -> tuple[int, Iterator[Frames]]:
     """(frame count, batches) from a raw video of the avatar's person: tracked, cropped the way
     `prepare` crops (one portrait crop for the video), rendered and segmented here."""
     from tracking.crop import portrait_crop
@@ -244,7 +278,7 @@ def video_frames(video: Path, limit: int | None, size: int, batch: int) -> tuple
     if len(tracks) < 2:
         raise EvaluateError(f"{video}: a face was found in {len(tracks)} frames; need at least 2")
     tracked = sorted(tracks)
-    picks = [tracked[i] for i in evenly_spaced(len(tracked), limit)]
+    picks = [tracked[i] for i in evenly_spaced(len(tracked), limit, consecutive)]
     landmarks = np.stack([tracks[i] for i in tracked])
     centres = ((landmarks[..., :2].min(axis=1) + landmarks[..., :2].max(axis=1)) / 2).astype(np.float32)
     sizes = np.array([face_size(x) for x in landmarks], dtype=np.float32)
@@ -272,6 +306,7 @@ def video_frames(video: Path, limit: int | None, size: int, batch: int) -> tuple
                         uv=np.stack([c.uv_u16() for c in renders]),
                         shaded=np.stack([c.shaded_u8() for c in renders]),
                         boxes=face_boxes(np.stack([p for _, _, p in pending])),
+                        landmarks=np.stack([p for _, _, p in pending]),
                     )
                     pending = []
 
@@ -335,6 +370,34 @@ def _masked(images: U8, person: U8) -> U8:
     return np.asarray((images.astype(np.float32) * (person[..., None] / 255.0)).round(), dtype=np.uint8)
 
 
+@dataclass
+class Extras:
+    """What self-reenactment measures beside the whole-frame figures: per-region scores of the
+    avatar and the baselines on the same pixels, and the temporal figures."""
+
+    avatar: RegionScores = field(default_factory=RegionScores)
+    baselines: dict[str, RegionScores] = field(default_factory=dict)
+    fractions: list[npt.NDArray[np.float64]] = field(default_factory=list)
+    worst: WorstByRegion = field(default_factory=WorstByRegion)
+    temporal: Temporal | None = None
+
+    def regions(self) -> dict[str, dict[str, Any]] | None:
+        return summarise(self.avatar, self.baselines, self.fractions) if self.fractions else None
+
+
+def _region_scores(
+    net: LPIPSNet | None, fake_u8: U8, real_u8: U8, masks: torch.Tensor, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """([N, R] region PSNR, [N, R] region LPIPS or None) of a batch on the given region masks."""
+    fake, real = _tensor(fake_u8), _tensor(real_u8)
+    psnr = region_psnr(fake, real, masks)
+    if net is None:
+        return psnr, None
+    with torch.no_grad():
+        spatial = net.spatial(fake.to(device), real.to(device)).cpu()  # [N, H, W]
+    return psnr, region_mean(spatial, masks)
+
+
 def evaluate_self(
     engine: Engine,
     count: int,
@@ -342,12 +405,18 @@ def evaluate_self(
     options: EvaluateOptions,
     report: ReportWriter,
     baselines: Baselines | None = None,
+    fps: float = 25.0,
 ) -> tuple[
-    dict[Region, dict[str, float]], dict[str, list[float]], list[int], dict[str, dict[Region, dict[str, float]]]
+    dict[Region, dict[str, float]],
+    dict[str, list[float]],
+    list[int],
+    dict[str, dict[Region, dict[str, float]]],
+    Extras,
 ]:
     """Run the avatar on held-out frames and measure it: ({region: {metric: value}}, per-frame
-    values keyed 'metric' or 'masked_metric', source frame numbers, and the baselines' results
-    {baseline: {region: {metric: value}}} measured on the same frames)."""
+    values keyed 'metric' or 'masked_metric', source frame numbers, the baselines' results
+    {baseline: {region: {metric: value}}} measured on the same frames, and the `Extras`: the
+    scores per face region and over time)."""
     device = torch.device(options.device)
     metrics: dict[Region, dict[str, Metric]] = {
         region: {name: create_metric(name, options.weights, device) for name in options.metrics}
@@ -361,6 +430,16 @@ def evaluate_self(
         }
         for b in (Baselines.NAMES if baseline_names else ())
     }
+    net: LPIPSNet | None = None
+    if "lpips" in options.metrics and (options.by_region or options.temporal):
+        net = load_lpips(options.weights.lpips_backbone, options.weights.lpips_heads).to(device)
+    extras = Extras(worst=WorstByRegion(min(options.worst, 3)))
+    if baseline_metrics:
+        extras.baselines = {b: RegionScores() for b in baseline_metrics}
+    locators: list[LandmarkCentroid] = []
+    if options.temporal and net is not None:
+        locators = [LandmarkCentroid(), LandmarkCentroid()]
+        extras.temporal = Temporal(net, locators[0], locators[1], fps)
     per_frame: dict[str, list[float]] = {}
     frames: list[int] = []
     position = 0
@@ -373,33 +452,50 @@ def evaluate_self(
         got = {name: metric.update(fake, real, boxes) for name, metric in by_name.items()}
         return {name: v.tolist() for name, v in got.items() if v is not None}
 
-    with tqdm(total=count, desc="evaluate", unit="frame") as bar:
-        for b in batches:
-            out = engine(b.uv, b.shaded)
-            values: dict[str, list[float]] = {}
-            for region, by_name in metrics.items():
-                for name, v in measure(by_name, region, out.image, b).items():
-                    values[name if region == options.regions[0] else f"{region}_{name}"] = v
-            for baseline, by_region in baseline_metrics.items():
-                assert baselines is not None
-                images = baselines(baseline, b)
-                for region, by_name in by_region.items():
-                    measure(by_name, region, images, b)
-            for i, frame in enumerate(b.index):
-                row = {k: v[i] for k, v in values.items()}
-                for k, value in row.items():
-                    per_frame.setdefault(k, []).append(value)
-                tiles = [b.real[i], out.image[i], error_map(out.image[i], b.real[i])]
-                report.add(position, frame, tiles, row)
-                frames.append(frame)
-                position += 1
-            bar.update(len(b.index))
+    try:
+        with tqdm(total=count, desc="evaluate", unit="frame") as bar:
+            for b in batches:
+                out = engine(b.uv, b.shaded)
+                values: dict[str, list[float]] = {}
+                for region, by_name in metrics.items():
+                    for name, v in measure(by_name, region, out.image, b).items():
+                        values[name if region == options.regions[0] else f"{region}_{name}"] = v
+                images = {baseline: baselines(baseline, b) for baseline in baseline_metrics} if baselines else {}
+                for baseline, by_region in baseline_metrics.items():
+                    for region, by_name in by_region.items():
+                        measure(by_name, region, images[baseline], b)
+                if options.by_region and b.landmarks is not None:
+                    masks_np = region_masks(b.uv, b.person, b.landmarks)  # [N, R, H, W]
+                    present, fraction = presence(masks_np)
+                    masks = torch.from_numpy(masks_np)
+                    extras.fractions.append(fraction)
+                    psnr, lpips = _region_scores(net, out.image, b.real, masks, device)
+                    extras.avatar.add(psnr, lpips, present)
+                    if lpips is not None:
+                        shown = torch.where(torch.from_numpy(present), lpips, torch.nan)
+                        extras.worst.add(b.index, b.real, out.image, masks_np, shown)
+                    for baseline, scores in extras.baselines.items():
+                        scores.add(*_region_scores(net, images[baseline], b.real, masks, device), present)
+                if extras.temporal is not None:
+                    extras.temporal.add(b.index, out.image, b.real)
+                for i, frame in enumerate(b.index):
+                    row = {k: v[i] for k, v in values.items()}
+                    for k, value in row.items():
+                        per_frame.setdefault(k, []).append(value)
+                    tiles = [b.real[i], out.image[i], error_map(out.image[i], b.real[i])]
+                    report.add(position, frame, tiles, row)
+                    frames.append(frame)
+                    position += 1
+                bar.update(len(b.index))
+    finally:
+        for locator in locators:
+            locator.close()
     results = {region: {name: m.result() for name, m in by_name.items()} for region, by_name in metrics.items()}
     baseline_results = {
         baseline: {region: {name: m.result() for name, m in by_name.items()} for region, by_name in by_region.items()}
         for baseline, by_region in baseline_metrics.items()
     }
-    return results, per_frame, frames, baseline_results
+    return results, per_frame, frames, baseline_results, extras
 
 
 def beats_baselines(
@@ -588,6 +684,18 @@ def _centred_errors(
 
 # ---------------------------------------------------------------------------------- run
 
+REGIONS_METHOD = (
+    "regions from the real frame's tracked mesh (UV render region codes) and person mask "
+    "(models/evaluation/regions.py); PSNR over the region's pixels; LPIPS = the spatial LPIPS(alex) map "
+    "(lpips spatial=True) averaged over the region's pixels; each frame counts where the region has >= 16 px "
+    "at 256; baselines on the same pixels"
+)
+TEMPORAL_METHOD = (
+    "consecutive source frames only; flicker = mean LPIPS(o_t, o_t-1) of the avatar, flicker_real = of the "
+    "real frames, tlp = mean |difference| (Chu et al. 2020, TecoGAN); jitter = mean step of the re-tracked "
+    "landmark centroid in pixels (models/evaluation/temporal.py)"
+)
+
 PAPER = {
     "SelfieAvatar (paper, Table I)": {"ssim": 0.88, "psnr": 28.5, "lpips": 0.027, "fid": 13.7},
     "StyleAvatar (as reported there)": {"ssim": 0.82, "psnr": 23.4, "lpips": 0.055, "fid": 27.4},
@@ -626,6 +734,8 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
     size = engine.resolution
     cross = options.driver is not None
     summary: dict[str, Any]
+    sections: list[str] = []
+    extra_per_frame: dict[str, Any] = {}
     try:
         if cross:
             assert options.driver is not None
@@ -644,13 +754,17 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
             results, per_frame, frames = evaluate_cross(avatar, engine, options, report)
             summary = {"mode": "cross", **results, "driver": str(options.driver)}
         else:
+            limit, consecutive = options.max_frames, options.consecutive
             if options.video is not None:
-                count, batches = video_frames(options.video, options.max_frames, size, options.batch)
-                source = str(options.video)
+                from tracking.video import probe
+
+                count, batches = video_frames(options.video, limit, size, options.batch, consecutive)
+                source, fps = str(options.video), probe(options.video).fps
             else:
                 assert options.data is not None  # validate() asks for it
-                count, batches = split_frames(options.data, options.split, options.max_frames, size, options.batch)
+                count, batches = split_frames(options.data, options.split, limit, size, options.batch, consecutive)
                 source = f"{options.data} ({options.split} split)"
+                fps = float(json.loads((options.data / "manifest.json").read_text()).get("fps", 25.0))
             rank_by = "lpips" if "lpips" in options.metrics else options.metrics[0]
             report = ReportWriter(
                 options.out,
@@ -663,8 +777,8 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
             )
             wanted = options.video is None and options.baselines
             baselines = Baselines(options.data, size) if wanted and options.data is not None else None
-            by_region, per_frame, frames, baseline_results = evaluate_self(
-                engine, count, batches, options, report, baselines
+            by_region, per_frame, frames, baseline_results, extras = evaluate_self(
+                engine, count, batches, options, report, baselines, fps
             )
             first = options.regions[0]
             summary = {"mode": "self", "region": first, **by_region[first], "frames": len(frames)}
@@ -673,6 +787,20 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
             if baseline_results:
                 summary["baselines"] = baseline_results
                 summary["beats_baselines"] = beats_baselines(by_region, baseline_results)
+            regions = extras.regions()
+            if regions is not None:
+                summary["regions"] = regions
+                summary["regions_method"] = REGIONS_METHOD
+                sections.append(table_html(regions))
+                sections.append(extras.worst.html(options.out))
+                per_region = {m: extras.avatar.per_frame(m) for m in ("psnr", "lpips")}
+                extra_per_frame["regions"] = {
+                    name: {m: [None if np.isnan(v) else float(v) for v in t[:, r]] for m, t in per_region.items()}
+                    for r, name in enumerate(REGIONS)
+                }
+            if extras.temporal is not None:
+                summary["temporal"] = extras.temporal.results()
+                summary["temporal_method"] = TEMPORAL_METHOD
             summary["evaluated_on"] = source
     finally:
         engine.close()
@@ -686,9 +814,9 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
         }
     )
     (options.out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    (options.out / "per_frame.json").write_text(json.dumps({"frame": frames, **per_frame}) + "\n")
-    shown = {k: v for k, v in summary.items() if k != "options"}
+    (options.out / "per_frame.json").write_text(json.dumps({"frame": frames, **per_frame, **extra_per_frame}) + "\n")
+    shown = {k: v for k, v in summary.items() if k not in ("options", "regions")}
     if not cross:
         shown.update({f"reference: {k}": v for k, v in PAPER.items()})
-    report.finish(shown, per_frame, frames, _notes(options, cross))
+    report.finish(shown, per_frame, frames, _notes(options, cross), sections)
     return summary

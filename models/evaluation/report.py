@@ -123,9 +123,15 @@ class ReportWriter:
         return "plots.png"
 
     def finish(
-        self, summary: dict[str, Any], per_frame: dict[str, list[float]], frames: list[int], notes: list[str]
+        self,
+        summary: dict[str, Any],
+        per_frame: dict[str, list[float]],
+        frames: list[int],
+        notes: list[str],
+        sections: list[str] | None = None,
     ) -> Path:
-        """Write index.html (and plots.png, the worst frames' images); returns index.html."""
+        """Write index.html (and plots.png, the worst frames' images); returns index.html.
+        `sections` are HTML blocks (already escaped) placed after the notes."""
         plot = self._plot(per_frame, frames)
         worst = sorted(self._heap, reverse=True)
         worst_files = [(r.index, self._save(r.index, r.image), r.values) for r in worst]
@@ -140,6 +146,7 @@ class ReportWriter:
             _table(summary),
         ]
         parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+        parts += sections or []
         if plot:
             parts.append(f"<h2>Per-frame metrics</h2><img src='{plot}' alt='per-frame metrics'>")
         parts.append(f"<h2>Frames ({html.escape(caption)})</h2>")

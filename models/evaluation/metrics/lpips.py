@@ -140,15 +140,32 @@ class LPIPSNet(nn.Module):
         self.register_buffer("shift", torch.tensor(SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(SCALE).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+    def _layers(self, a: Tensor, b: Tensor) -> list[Tensor]:
+        """The five head-weighted distance maps [N, H_i, W_i] of a pair of batches."""
         n = check_pair(a, b)
         both = torch.cat([a, b]) * 2 - 1
         feats = self.backbone((both - self.shift) / self.scale)
-        total = torch.zeros(n, device=a.device, dtype=a.dtype)
+        maps: list[Tensor] = []
         for feat, head in zip(feats, self.heads, strict=True):
             unit = feat / (feat.square().sum(dim=1, keepdim=True).sqrt() + 1e-10)
             diff = (unit[:n] - unit[n:]).square()
-            total = total + (diff * head.view(1, -1, 1, 1)).sum(dim=1).mean(dim=(1, 2))
+            maps.append((diff * head.view(1, -1, 1, 1)).sum(dim=1))
+        return maps
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        total = torch.zeros(a.shape[0], device=a.device, dtype=a.dtype)
+        for layer in self._layers(a, b):
+            total = total + layer.mean(dim=(1, 2))
+        return total
+
+    def spatial(self, a: Tensor, b: Tensor) -> Tensor:
+        """a, b [N, 3, H, W] in [0, 1] -> [N, H, W] the per-pixel LPIPS map, as
+        ``lpips.LPIPS(spatial=True)``: each layer's map upsampled bilinearly (align_corners=False)
+        to the input size, summed over layers. Its mean is close to, not equal to, `forward`."""
+        size = a.shape[-2:]
+        total = torch.zeros(a.shape[0], *size, device=a.device, dtype=a.dtype)
+        for layer in self._layers(a, b):
+            total = total + F.interpolate(layer[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         return total
 
 
