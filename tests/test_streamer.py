@@ -55,6 +55,40 @@ def test_drop_queue_keeps_the_newest_and_counts_drops() -> None:
     assert got == [3, 4] and dropped == 3
 
 
+def test_drop_queue_drained_waits_for_the_consumer() -> None:
+    """Back-pressure: `drained` returns at once on an empty queue, else once the item is taken
+    (or the queue closed), and nothing is dropped on the way."""
+
+    async def scenario() -> list[str]:
+        q: DropQueue[int] = DropQueue(1)
+        events: list[str] = []
+        await asyncio.wait_for(q.drained(), 1)  # empty: no wait
+        q.put(1)
+
+        async def producer() -> None:
+            await q.drained()
+            events.append("drained")
+            q.put(2)
+
+        task = asyncio.create_task(producer())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        events.append("before get")  # the producer is still waiting: the item was not taken
+        events.append(f"got {await q.get()}")
+        await task
+        events.append(f"got {await q.get()}")
+        q.put(3)
+        closer = asyncio.create_task(q.drained())
+        await asyncio.sleep(0)
+        assert not closer.done()
+        q.close()
+        await asyncio.wait_for(closer, 1)
+        assert q.dropped == 0
+        return events
+
+    assert asyncio.run(scenario()) == ["before get", "got 1", "drained", "got 2"]
+
+
 def test_pacer_ticks_on_absolute_deadlines_and_skips_missed_ones() -> None:
     clock = FakeClock()
     pacer = Pacer(25, clock)
@@ -171,6 +205,11 @@ def test_file_source_paces_at_the_video_rate_and_ends(driver_video: Path, tmp_pa
     assert len(frames) == 5
     assert np.diff([f.captured for f in frames]) == pytest.approx([0.04] * 4)
     assert len(asyncio.run(play(True, 12))) == 12  # loops past the end
+    clock.sleeps.clear()
+    unpaced = FileSource(clip, clock, paced=False)
+    got = [asyncio.run(unpaced.recv()) for _ in range(3)]
+    assert [f.index for f in got] == [0, 1, 2] and clock.sleeps == [], "an unpaced source waited for a tick"
+    asyncio.run(unpaced.close())
     with pytest.raises(SourceError, match="no such file"):
         FileSource(tmp_path / "missing.mp4", clock)
 
