@@ -204,6 +204,7 @@ def _bench(args: argparse.Namespace) -> int:
         for name, figure in live["stages_ms"].items():
             print(f"  {name:8s} {ms(figure)}")
         print(f"  {'e2e':8s} {ms(live['e2e_ms'])}   (capture -> sink)")
+        print(f"  {'handoff':8s} {ms(live['handoff_ms'])}   (engine -> handed on by the sink)")
     if "sequential" in report:
         seq = report["sequential"]
         print(f" sequential (stage after stage, no overlap): {seq['fps']:.1f} fps")

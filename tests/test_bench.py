@@ -82,6 +82,9 @@ def test_bench_json_is_complete(
     assert live["source_fps"] == 30 and live["fps"] == pytest.approx((len(made) - 1) / (made[-1] - made[0]), abs=0.01)
     # A frame's capture-to-sink time holds its own stages.
     assert min(stats.end_to_end) > min(stats.stages["infer"])
+    # ... and its engine-to-sink share, which starts after the frame's infer and compose.
+    assert live["handoff_ms"] == percentiles(stats.handoffs) and len(stats.handoffs) == len(stats.end_to_end)
+    assert all(0 < h < e for h, e in zip(stats.handoffs, stats.end_to_end, strict=True))
 
     # The sequential figures are exactly the statistics of the frames that ran, and the stages
     # partition each frame's time.

@@ -259,6 +259,8 @@ class AvatarSession:
     def _delivered(self, frame: Frame, seconds: float, finished: float) -> None:
         self.stats.stage("sink", seconds)
         self.stats.delivered(finished - frame.captured)
+        if frame.produced is not None:
+            self.stats.handed_off(finished - frame.produced)
 
     def _failed(self, stage: str) -> bool:
         """Log a frame that failed in `stage`; True when the session should give up."""
@@ -340,6 +342,7 @@ class AvatarSession:
                 if self._failed("infer"):
                     break
                 continue
+            out.produced = self.clock.now()
             self.stats.stage("infer", infer_s)
             self.stats.stage("compose", compose_s)
             self.stats.produced()

@@ -6,7 +6,8 @@ each frame read as soon as the drive stage took the last, so the pipeline's ceil
 H.264, as a WebRTC peer's encoder; `--peer` adds a real aiortc peer over loopback). Tracking and
 rendering overlap generation in the session's two threads, with latest-frame slots between the
 stages. The report holds the figures the service exports at `/metrics` and on the dashboard:
-per-stage p50/p99 (track, render, infer, compose, sink), capture-to-sink p50/p99, frames made,
+per-stage p50/p99 (track, render, infer, compose, sink), capture-to-sink p50/p99, engine-to-sink
+(`handoff_ms`: from the avatar frame leaving the compositor to the sink handing it on), frames made,
 frames dropped per stage, and the sustained frame rate.
 
 **sequential** (`--mode sequential|both`): the same stages one after another on the calling
@@ -328,6 +329,7 @@ async def run_pipeline(options: BenchOptions, avatar: Avatar, layers: list[Layer
             stages={name: deque() for name in SERVICE_STAGES},
             end_to_end=deque(),
             glass=deque(),
+            handoffs=deque(),
             produced_at=deque(),
         )
         await _until_frames(session, options.frames, 60.0 + 10 * options.frames / (options.source_fps or 30.0))
@@ -349,6 +351,7 @@ async def run_pipeline(options: BenchOptions, avatar: Avatar, layers: list[Layer
         "fps": round((len(made) - 1) / (made[-1] - made[0]), 2) if len(made) > 1 else None,
         "dropped": dropped,
         "e2e_ms": snapshot["e2e_ms"],
+        "handoff_ms": snapshot["handoff_ms"],
         "stages_ms": snapshot["stages_ms"],
     }
 
