@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 import pyvirtualcam
 
+from streamer.core.clock import PhaseLock
 from streamer.core.figures import percentiles
 from streamer.provenance.identity import DEMO_AVATAR, DEMO_CLIP
 from streamer.serve.config import ServeConfig
@@ -95,8 +96,8 @@ async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
     running = time.monotonic()
     assert service.shared is not None
     camera = next(s for s in service.shared.sinks if isinstance(s, VirtualCamSink))
-    if not phase_lock:
-        camera.lock = None  # the baseline: ticks on the sink's own grid, whatever the frames do
+    # off, the baseline: ticks on the sink's own grid, whatever the frames do (the sink's default)
+    camera.lock = PhaseLock(camera.pacer.period) if phase_lock else None
     await asyncio.sleep(args.warmup)
     stats = service.shared.stats
     start, missed0, sent0 = time.monotonic(), camera.pacer.missed, camera.sent
@@ -123,6 +124,7 @@ async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
     return {
         "phase_lock": phase_lock,
         "phase_shifted_ms": round(camera.lock.shifted * 1000, 1) if camera.lock else None,
+        "phase_agreement": round(camera.lock.agreement, 3) if camera.lock else None,
         "camera": str(size),
         "avatar": args.avatar.name,
         "backend": args.backend,

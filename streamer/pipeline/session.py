@@ -279,6 +279,7 @@ class AvatarSession:
             while True:
                 if self.config.backpressure:
                     await self._to_drive.drained()
+                    self._last_input = self.clock.now()  # waiting on the pipeline is not a silent source
                 frame = await self.source.recv()
                 self._last_input = self.clock.now()
                 if self.state is State.PAUSED:

@@ -51,6 +51,8 @@ class VirtualCamSink:
         watermark: the mark for frames that carry none, and for the cards (None: cards unmarked).
         phase_lock: move the ticks, at most 1 ms each, to fall midway between the avatar
             frames' arrivals (`PhaseLock`), so arrival jitter neither repeats nor drops frames.
+            Off by default: it has not been shown to help (docs/benchmarks.md, "The virtual
+            camera's phase lock"); `benchmarks/bench_virtualcam.py --phase-lock both` measures it.
     """
 
     name = "virtualcam"
@@ -70,7 +72,7 @@ class VirtualCamSink:
         *,
         stale_seconds: float = 2.0,
         watermark: Mark | None = None,
-        phase_lock: bool = True,
+        phase_lock: bool = False,
     ) -> None:
         import pyvirtualcam
 
