@@ -1,7 +1,8 @@
 """What the meeting sees, measured: the served avatar into a webcam-sized virtual camera.
 
     .venv/bin/python benchmarks/bench_virtualcam.py [AVATAR] [--camera-size 1280x720] [--seconds 20]
-        [--backend onnx] [--source VIDEO] [--phase-lock both|on|off] [--rounds N]
+        [--backend onnx] [--source VIDEO] [--source-fps 30] [--camera-fps 30]
+        [--phase-lock both|on|off] [--rounds N]
         [--json OUT.json] [--screenshot OUT.jpg]
 
 The real service (`Service`: file source paced in real time, the whole pipeline, the virtual
@@ -85,6 +86,7 @@ async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
         port=0,
         loop=True,
         source_fps=args.source_fps,
+        fps=args.camera_fps,
         backend=args.backend,
         admission="limit",
         framing=FramingConfig(size=size),
@@ -129,6 +131,7 @@ async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
         "avatar": args.avatar.name,
         "backend": args.backend,
         "source_fps": args.source_fps,
+        "camera_fps": args.camera_fps,
         "seconds": round(end - start, 2),
         "device_fps": round(len(times) / (end - start), 2),
         "interval_ms": {**(percentiles(intervals) or {}), "max": round(float(intervals.max()) * 1000, 1)},
@@ -179,6 +182,7 @@ def main() -> None:
     parser.add_argument(
         "--source-fps", type=float, default=30.0, help="pace the source like a camera at this rate (the clip is 25 fps)"
     )
+    parser.add_argument("--camera-fps", type=float, default=30.0, help="the virtual camera's frame rate")
     parser.add_argument(
         "--phase-lock",
         choices=("both", "on", "off"),
