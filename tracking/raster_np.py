@@ -44,7 +44,8 @@ class NpFragments:
 
     def dense(self, values: npt.NDArray[np.generic], fill: float = 0.0) -> npt.NDArray[np.generic]:
         """Per-fragment values [P, C] (or [P]) -> an image [H, W, C] (or [H, W])."""
-        out = np.full((self.height * self.width, *values.shape[1:]), fill, dtype=values.dtype)
+        shape = (self.height * self.width, *values.shape[1:])
+        out = np.zeros(shape, values.dtype) if fill == 0 else np.full(shape, fill, values.dtype)
         out[self.pixel] = values
         return out.reshape(self.height, self.width, *values.shape[1:])
 

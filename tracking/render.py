@@ -185,12 +185,14 @@ class _NumpyShading:
         face_n = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]) * self.facing
         vertex_n = np.zeros_like(vertices)
         np.add.at(vertex_n, self.corner_index, np.repeat(face_n, 3, axis=0))
-        both = np.concatenate([self.uv, vertex_n], axis=1)[self.triangles[frags.triangle]]  # [P, 3, 5]
-        both = np.einsum("pk,pkc->pc", frags.bary, both)
+        corners_at = np.concatenate([self.uv, vertex_n], axis=1)[self.triangles]  # [T, 3, 5] per triangle
+        both = np.einsum("pk,pkc->pc", frags.bary, corners_at[frags.triangle])  # [P, 5]
         uv, normal = both[:, :2], both[:, 2:]
         normal = normal / np.maximum(np.sqrt((normal * normal).sum(axis=1, keepdims=True)), np.float32(1e-8))
-        code = region.astype(np.float32)[:, None] / np.float32(N_REGIONS - 1)
-        uv_image = frags.dense(np.concatenate([uv, code], axis=1))
+        uv_image = np.zeros((self.size * self.size, 3), np.float32)
+        uv_image[frags.pixel, :2] = uv
+        uv_image[frags.pixel, 2] = region.astype(np.float32) / np.float32(N_REGIONS - 1)
+        uv_image = uv_image.reshape(self.size, self.size, 3)
         light = np.float32(_AMBIENT) + np.float32(1 - _AMBIENT) * np.maximum(normal @ self.light, np.float32(0))
         light = np.where(self.flat[region], np.float32(1), light)
         shaded = frags.dense(self.albedo[region] * light[:, None])
