@@ -5,9 +5,10 @@ barycentric weights are >= 0, the nearest quantized depth wins, ties to the lowe
 and the same float32 arithmetic per candidate pixel, so on the same mesh it produces the same
 fragments. What differs is how candidates are enumerated: triangles are grouped by their
 bounding box rounded up to a power of two per side, and each group is evaluated as one
-[triangles, rows, columns] broadcast, so a candidate costs a few multiply-adds and no index
-arithmetic. NumPy is single-threaded, so the renderer does not compete with the engine's and
-MediaPipe's threads for the cores (PyTorch's intra-op threads did, on a 2-core machine).
+[triangles, rows, columns] broadcast, so a candidate costs a few multiply-adds, and index
+arithmetic is left for the candidates found inside. NumPy's elementwise work runs on the calling
+thread, so the renderer does not compete with the engine's and MediaPipe's threads for the cores
+(PyTorch's intra-op threads did, on a 2-core machine).
 """
 
 from __future__ import annotations
@@ -148,11 +149,6 @@ class NpRasterizer:
             row[pixel] = -1
             covered[pixel] = False
         return NpFragments(height, width, pixels, tri[rows], np.ascontiguousarray(values[rows, :3]))
-
-
-def rasterize_np(vertices: npt.NDArray[np.floating], triangles: I64, height: int, width: int) -> NpFragments:
-    """One mesh rasterized with a fresh `NpRasterizer` (keep one to reuse its buffers)."""
-    return NpRasterizer(height, width)(vertices, triangles)
 
 
 def _empty(height: int, width: int) -> NpFragments:
