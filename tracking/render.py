@@ -189,10 +189,10 @@ class _NumpyShading:
         both = np.einsum("pk,pkc->pc", frags.bary, corners_at[frags.triangle])  # [P, 5]
         uv, normal = both[:, :2], both[:, 2:]
         normal = normal / np.maximum(np.sqrt((normal * normal).sum(axis=1, keepdims=True)), np.float32(1e-8))
-        uv_image = np.zeros((self.size * self.size, 3), np.float32)
-        uv_image[frags.pixel, :2] = uv
-        uv_image[frags.pixel, 2] = region.astype(np.float32) / np.float32(N_REGIONS - 1)
-        uv_image = uv_image.reshape(self.size, self.size, 3)
+        uv_flat = np.zeros((self.size * self.size, 3), np.float32)
+        uv_flat[frags.pixel, :2] = uv
+        uv_flat[frags.pixel, 2] = region.astype(np.float32) / np.float32(N_REGIONS - 1)
+        uv_image = uv_flat.reshape(self.size, self.size, 3)
         light = np.float32(_AMBIENT) + np.float32(1 - _AMBIENT) * np.maximum(normal @ self.light, np.float32(0))
         light = np.where(self.flat[region], np.float32(1), light)
         shaded = frags.dense(self.albedo[region] * light[:, None])
