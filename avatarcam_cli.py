@@ -172,6 +172,10 @@ def _distill(args: argparse.Namespace) -> int:
     return 0
 
 
+def _source_rate(fps: float) -> str:
+    return f"{fps:g} fps" if fps else "unpaced"
+
+
 def _bench(args: argparse.Namespace) -> int:
     from streamer.tools.bench import BenchOptions, run
 
@@ -194,12 +198,13 @@ def _bench(args: argparse.Namespace) -> int:
         live = report["pipeline"]
         dropped = ", ".join(f"{n} at {stage}" for stage, n in live["dropped"].items() if n) or "none"
         print(
-            f" pipeline (the live session, {live['source_fps']:g} fps source -> {' + '.join(live['sinks'])}): "
+            f" pipeline (the live session, {_source_rate(live['source_fps'])} source -> {' + '.join(live['sinks'])}): "
             f"{live['fps']:.1f} fps over {live['frames']} frames, dropped: {dropped}"
         )
         for name, figure in live["stages_ms"].items():
             print(f"  {name:8s} {ms(figure)}")
         print(f"  {'e2e':8s} {ms(live['e2e_ms'])}   (capture -> sink)")
+        print(f"  {'handoff':8s} {ms(live['handoff_ms'])}   (engine -> handed on by the sink)")
     if "sequential" in report:
         seq = report["sequential"]
         print(f" sequential (stage after stage, no overlap): {seq['fps']:.1f} fps")
@@ -547,7 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="pipeline",
         help="the live session (default), the stages one after another, or both",
     )
-    p.add_argument("--fps", type=float, default=30.0, help="the paced source's frame rate (pipeline)")
+    p.add_argument(
+        "--source-fps",
+        "--fps",
+        dest="source_fps",
+        type=float,
+        default=30.0,
+        help="the paced source's frame rate (pipeline); 0: unpaced, as fast as the pipeline takes frames",
+    )
     p.add_argument("--peer", action="store_true", help="also stream to a real WebRTC peer over loopback (pipeline)")
     p.add_argument("--json", action="store_true", help="print the JSON report")
     p.set_defaults(handler=_bench)

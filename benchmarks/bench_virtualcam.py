@@ -1,7 +1,9 @@
 """What the meeting sees, measured: the served avatar into a webcam-sized virtual camera.
 
     .venv/bin/python benchmarks/bench_virtualcam.py [AVATAR] [--camera-size 1280x720] [--seconds 20]
-        [--backend onnx] [--source VIDEO] [--json OUT.json] [--screenshot OUT.jpg]
+        [--backend onnx] [--source VIDEO] [--source-fps 30] [--camera-fps 30]
+        [--phase-lock both|on|off] [--rounds N]
+        [--json OUT.json] [--screenshot OUT.jpg]
 
 The real service (`Service`: file source paced in real time, the whole pipeline, the virtual
 camera sink with its framing) publishes into pyvirtualcam's own `Camera` through a registered
@@ -31,6 +33,7 @@ import cv2
 import numpy as np
 import pyvirtualcam
 
+from streamer.core.clock import PhaseLock
 from streamer.core.figures import percentiles
 from streamer.provenance.identity import DEMO_AVATAR, DEMO_CLIP
 from streamer.serve.config import ServeConfig
@@ -72,7 +75,9 @@ class Capture:
         pass
 
 
-async def measure(args: argparse.Namespace) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
+    with Capture.lock:
+        Capture.times, Capture.digests, Capture.kept = [], [], None
     size = CameraSize.parse(args.camera_size)
     config = ServeConfig(
         avatars=(args.avatar,),
@@ -81,6 +86,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         port=0,
         loop=True,
         source_fps=args.source_fps,
+        fps=args.camera_fps,
         backend=args.backend,
         admission="limit",
         framing=FramingConfig(size=size),
@@ -92,15 +98,21 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     running = time.monotonic()
     assert service.shared is not None
     camera = next(s for s in service.shared.sinks if isinstance(s, VirtualCamSink))
+    # off, the baseline: ticks on the sink's own grid, whatever the frames do (the sink's default)
+    camera.lock = PhaseLock(camera.pacer.period) if phase_lock else None
     await asyncio.sleep(args.warmup)
     stats = service.shared.stats
     start, missed0, sent0 = time.monotonic(), camera.pacer.missed, camera.sent
+    repeated0, sink_dropped0 = camera.repeated, camera.dropped
+    camera.handoffs.clear()
     made0, dropped0 = stats.frames, stats.dropped
     Capture.keep_at = start + args.seconds / 2
     await asyncio.sleep(args.seconds)
     end = time.monotonic()
     snap = service.shared.stats.snapshot()
     missed, sent = camera.pacer.missed - missed0, camera.sent - sent0
+    repeated, sink_dropped = camera.repeated - repeated0, camera.dropped - sink_dropped0
+    handoffs = list(camera.handoffs)
     made, dropped = stats.frames - made0, stats.dropped - dropped0
     await service.shutdown()
 
@@ -112,10 +124,14 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     new = sum(1 for a, b in itertools.pairwise(digests) if a != b)
     intervals = np.diff(times)
     return {
+        "phase_lock": phase_lock,
+        "phase_shifted_ms": round(camera.lock.shifted * 1000, 1) if camera.lock else None,
+        "phase_agreement": round(camera.lock.agreement, 3) if camera.lock else None,
         "camera": str(size),
         "avatar": args.avatar.name,
         "backend": args.backend,
         "source_fps": args.source_fps,
+        "camera_fps": args.camera_fps,
         "seconds": round(end - start, 2),
         "device_fps": round(len(times) / (end - start), 2),
         "interval_ms": {**(percentiles(intervals) or {}), "max": round(float(intervals.max()) * 1000, 1)},
@@ -124,6 +140,9 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "pipeline_dropped": dropped,
         "ticks_sent": sent,
         "ticks_missed": missed,
+        "ticks_repeated": repeated,
+        "sink_dropped": sink_dropped,
+        "engine_to_device_ms": percentiles(handoffs),
         "camera_stage_ms": snap["stages_ms"].get("sink"),
         "e2e_ms": snap["e2e_ms"],
         "first_picture_after_s": round(first_picture - opened, 3) if first_picture else None,
@@ -131,6 +150,25 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_count": len(os.sched_getaffinity(0)),
         "load_average_1m": round(os.getloadavg()[0], 2),
     }
+
+
+def _name(phase_lock: bool) -> str:
+    return "phase_lock_on" if phase_lock else "phase_lock_off"
+
+
+MEDIAN_KEYS = ("device_fps", "new_pictures_per_s", "avatar_frames_per_s", "ticks_repeated", "sink_dropped")
+
+
+def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per figure, the median over the rounds (per second where the runs' lengths differ)."""
+    out: dict[str, Any] = {k: round(float(np.median([r[k] / r["seconds"] for r in runs])), 2) for k in MEDIAN_KEYS[3:]}
+    out = {f"{k}_per_s": v for k, v in out.items()}
+    out |= {k: round(float(np.median([r[k] for r in runs])), 2) for k in MEDIAN_KEYS[:3]}
+    for key in ("engine_to_device_ms", "e2e_ms", "interval_ms"):
+        for q in ("p50", "p99"):
+            values = [r[key][q] for r in runs if r[key]]
+            out[f"{key}_{q}"] = round(float(np.median(values)), 2) if values else None
+    return out
 
 
 def main() -> None:
@@ -144,11 +182,26 @@ def main() -> None:
     parser.add_argument(
         "--source-fps", type=float, default=30.0, help="pace the source like a camera at this rate (the clip is 25 fps)"
     )
+    parser.add_argument("--camera-fps", type=float, default=30.0, help="the virtual camera's frame rate")
+    parser.add_argument(
+        "--phase-lock",
+        choices=("both", "on", "off"),
+        default="both",
+        help="the sink's phase lock; both measures off (the baseline) and on, alternately, in one run",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each side (alternating order)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--screenshot", type=Path)
     args = parser.parse_args()
     pyvirtualcam.register_backend("bench-capture", Capture)
-    report = asyncio.run(measure(args))
+    if args.rounds < 1:
+        parser.error("--rounds must be >= 1")
+    sides = (False, True) if args.phase_lock == "both" else (args.phase_lock == "on",)
+    runs: dict[str, list[dict[str, Any]]] = {_name(side): [] for side in sides}
+    for round_ in range(args.rounds):  # off, on, then on, off, ...: neither side always goes first
+        for phase_lock in sides if round_ % 2 == 0 else sides[::-1]:
+            runs[_name(phase_lock)].append(asyncio.run(measure(args, phase_lock)))
+    report: dict[str, Any] = {"rounds": args.rounds, "runs": runs, "median": {k: _median(v) for k, v in runs.items()}}
     print(json.dumps(report, indent=2))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -82,6 +82,9 @@ def test_bench_json_is_complete(
     assert live["source_fps"] == 30 and live["fps"] == pytest.approx((len(made) - 1) / (made[-1] - made[0]), abs=0.01)
     # A frame's capture-to-sink time holds its own stages.
     assert min(stats.end_to_end) > min(stats.stages["infer"])
+    # ... and its engine-to-sink share, which starts after the frame's infer and compose.
+    assert live["handoff_ms"] == percentiles(stats.handoffs) and len(stats.handoffs) == len(stats.end_to_end)
+    assert all(0 < h < e for h, e in zip(stats.handoffs, stats.end_to_end, strict=True))
 
     # The sequential figures are exactly the statistics of the frames that ran, and the stages
     # partition each frame's time.
@@ -145,3 +148,20 @@ def test_encoder_produces_packets(codec: Literal["vp8", "h264"], driver_video: P
     for got, sent in zip(decoded, pictures, strict=True):
         mse = np.mean((got.astype(np.float64) - sent) ** 2)
         assert 10 * np.log10(255**2 / mse) > 25, "the decoded frame does not look like the one sent"
+
+
+def test_unpaced_pipeline_takes_frames_as_fast_as_it_goes(tiny_avatar: Path, driver_video: Path) -> None:
+    """`--source-fps 0`: the source is read only when the drive stage took the last frame, so
+    nothing is dropped before tracking however fast the file decodes."""
+    import asyncio
+
+    from models.avatar import load_avatar
+
+    options = BenchOptions(tiny_avatar, backend="onnx", frames=12, warmup=2, video=driver_video, source_fps=0)
+    options.validate()
+    live = asyncio.run(bench.run_pipeline(options, load_avatar(tiny_avatar), []))
+    assert live["source_fps"] == 0 and live["frames"] >= 12
+    assert live["dropped"]["track"] == 0, "an unpaced source outran the drive stage: no back-pressure"
+    assert live["fps"] > 0
+    with pytest.raises(BenchError, match="--source-fps"):
+        BenchOptions(tiny_avatar, video=driver_video, source_fps=-1).validate()

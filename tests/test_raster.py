@@ -8,7 +8,8 @@ import numpy.typing as npt
 import pytest
 import torch
 
-from tracking.raster import rasterize
+from tracking.raster import Fragments, rasterize
+from tracking.raster_np import NpRasterizer
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -119,3 +120,64 @@ def test_rasterizer_matches_an_independent_reference_on_a_tracked_face(
     corners = torch.as_tensor(vertices, dtype=torch.float32, device=device)[triangles[frags.triangle]][..., :2]
     centres = torch.stack([frags.pixel % 256, frags.pixel // 256], dim=1).to(torch.float32) + 0.5
     torch.testing.assert_close(torch.einsum("pk,pkc->pc", frags.bary, corners), centres, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("yaw", [0.0, 50.0])
+def test_numpy_rasterizer_matches_the_reference_and_gives_the_torch_fragments(
+    yaw: float, cap12_track_256: npt.NDArray[np.float32]
+) -> None:
+    """The CPU rasterizer against the same independent reference, and fragment for fragment the
+    PyTorch rasterizer's (same rules, same float32 arithmetic), twice through one instance (its
+    buffers are reused)."""
+    from tracking.mesh import N_MESH_VERTICES, load_canonical_mesh
+
+    mesh = load_canonical_mesh()
+    vertices = _turned(cap12_track_256[:N_MESH_VERTICES].astype(np.float64), yaw)
+    expected, _ = _reference_triangle_ids(vertices, mesh.triangles, 256)
+    raster = NpRasterizer(256, 256)
+    v32 = vertices.astype(np.float32)
+    for _ in range(2):
+        frags = raster(v32, mesh.triangles)
+        got = frags.dense(frags.triangle, fill=-1)
+        covered = expected >= 0
+        assert ((got >= 0) == covered).mean() > 0.999
+        assert (got == expected)[covered].mean() > 0.995
+    torch_frags: Fragments = rasterize(torch.as_tensor(v32), torch.as_tensor(mesh.triangles), 256, 256)
+    np.testing.assert_array_equal(frags.pixel, torch_frags.pixel.numpy())
+    np.testing.assert_array_equal(frags.triangle, torch_frags.triangle.numpy())
+    np.testing.assert_array_equal(frags.bary, torch_frags.bary.numpy())
+
+
+def test_numpy_rasterizer_edges_and_bad_input() -> None:
+    """Exact coverage of a square clipped by the image border; nothing for an empty or
+    degenerate mesh; one clear error for the wrong shapes."""
+    v, t = _square(-5, 60, 10, 70, 0.0)
+    frags = NpRasterizer(64, 64)(v.numpy(), t.numpy())
+    assert len(frags.pixel) == 10 * 4  # x 0..9, y 60..63: clipped at the left and bottom edges
+    flat = np.array([[0, 0, 0], [10, 10, 0], [20, 20, 0]], np.float32)  # collinear
+    assert len(NpRasterizer(32, 32)(flat, np.array([[0, 1, 2]])).pixel) == 0
+    with pytest.raises(ValueError, match=r"\[V, 3\]"):
+        NpRasterizer(32, 32)(flat[:, :2], np.array([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="at least 1 x 1"):
+        NpRasterizer(0, 32)
+
+
+def test_cpu_renderer_matches_the_torch_renderer(cap12_track_256: npt.NDArray[np.float32]) -> None:
+    """The conditioning images of the NumPy path against the PyTorch path on a tracked face:
+    UV and regions identical, the shaded image within one 8-bit level (float summation order in
+    the vertex normals)."""
+    from tracking.mesh import load_canonical_mesh
+    from tracking.render import FaceRenderer
+
+    mesh = load_canonical_mesh()
+    cpu, reference = FaceRenderer(mesh, 256), FaceRenderer(mesh, 256, kernel="torch")
+    assert cpu.kernel == "numpy"
+    for yaw in (0.0, 30.0):
+        points = _turned(cap12_track_256.astype(np.float64), yaw).astype(np.float32)
+        a, b = cpu(points), reference(points)
+        assert (a.face_mask.sum() > 5000) and a.uv.shape == b.uv.shape == (3, 256, 256)
+        np.testing.assert_array_equal(a.uv_u16(), b.uv_u16())
+        assert torch.equal(a.region, b.region) and (a.region == 4).any(), "the irises are painted the same"
+        assert np.abs(a.shaded_u8().astype(np.int16) - b.shaded_u8()).max() <= 1
+    with pytest.raises(ValueError, match="on the CPU"):
+        FaceRenderer(mesh, 64, "meta", kernel="numpy")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamer.core import stamp
-from streamer.core.clock import Pacer
+from streamer.core.clock import Pacer, PhaseLock
 from streamer.core.frames import Background, Frame
 from streamer.core.queues import Closed, DropQueue
 from streamer.sinks import parse_sink
@@ -55,6 +55,40 @@ def test_drop_queue_keeps_the_newest_and_counts_drops() -> None:
     assert got == [3, 4] and dropped == 3
 
 
+def test_drop_queue_drained_waits_for_the_consumer() -> None:
+    """Back-pressure: `drained` returns at once on an empty queue, else once the item is taken
+    (or the queue closed), and nothing is dropped on the way."""
+
+    async def scenario() -> list[str]:
+        q: DropQueue[int] = DropQueue(1)
+        events: list[str] = []
+        await asyncio.wait_for(q.drained(), 1)  # empty: no wait
+        q.put(1)
+
+        async def producer() -> None:
+            await q.drained()
+            events.append("drained")
+            q.put(2)
+
+        task = asyncio.create_task(producer())
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        events.append("before get")  # the producer is still waiting: the item was not taken
+        events.append(f"got {await q.get()}")
+        await task
+        events.append(f"got {await q.get()}")
+        q.put(3)
+        closer = asyncio.create_task(q.drained())
+        await asyncio.sleep(0)
+        assert not closer.done()
+        q.close()
+        await asyncio.wait_for(closer, 1)
+        assert q.dropped == 0
+        return events
+
+    assert asyncio.run(scenario()) == ["before get", "got 1", "drained", "got 2"]
+
+
 def test_pacer_ticks_on_absolute_deadlines_and_skips_missed_ones() -> None:
     clock = FakeClock()
     pacer = Pacer(25, clock)
@@ -73,6 +107,57 @@ def test_pacer_ticks_on_absolute_deadlines_and_skips_missed_ones() -> None:
     assert ticks[3] >= clock.sleeps[-2] and ticks[3] > start + 0.5
     assert ticks[4] - ticks[3] == pytest.approx(0.04)
     assert pacer.missed >= 11
+
+
+def _phase_locked_ticks(frame_fps: float, lock: PhaseLock | None, ticks: int = 400) -> list[float]:
+    """A 30 fps sink's ticks on a fake clock (no sleeping) against frames arriving on their own
+    grid at `frame_fps`, first 5% of a tick period after the ticks, with +-1 ms of jitter; the
+    phase (0..1 of a period after the last tick) of each arrival."""
+    clock = FakeClock(start=100.0)
+    pacer = Pacer(30, clock)
+    rng = np.random.default_rng(0)
+    arrivals = iter(100.0 + 0.05 / 30 + np.arange(ticks * 2) / frame_fps + rng.uniform(-1e-3, 1e-3, ticks * 2))
+    upcoming = next(arrivals)
+    phases = []
+
+    async def run() -> None:
+        nonlocal upcoming
+        for _ in range(ticks):
+            if lock is not None:
+                step = lock.correction()
+                assert abs(step) <= lock.max_step + 1e-12
+                pacer.shift(step)
+            deadline = await pacer.wait()
+            while upcoming < deadline + pacer.period:  # the frames that come before the next tick
+                phases.append(pacer.phase(upcoming))
+                if lock is not None:
+                    lock.arrived(phases[-1])
+                upcoming = next(arrivals)
+
+    asyncio.run(run())
+    return phases
+
+
+def test_phase_lock_moves_the_ticks_midway_between_the_frames() -> None:
+    """Frames that arrive just after the sink's ticks (jitter puts some before: a repeat, then a
+    drop) end up half a period from them, the ticks moving at most 1 ms each; without the lock
+    they stay where they came."""
+    lock = PhaseLock(1 / 30)
+    locked = _phase_locked_ticks(30, lock)
+    free = _phase_locked_ticks(30, None)
+    assert np.median(free[-100:]) < 0.1 or np.median(free[-100:]) > 0.9
+    assert abs(np.median(locked[-100:]) - 0.5) < 0.05, "the arrivals did not settle mid-period"
+    assert min(locked[-100:]) > 0.3 and max(locked[-100:]) < 0.7
+    assert 0.4 / 30 < abs(lock.shifted) < 0.6 / 30 and lock.agreement > 0.9
+
+
+def test_phase_lock_leaves_ticks_alone_for_frames_at_another_rate() -> None:
+    """A 25 fps source against 30 fps ticks has no phase to keep: the lock barely moves them."""
+    lock = PhaseLock(1 / 30)
+    _phase_locked_ticks(25, lock)
+    assert lock.agreement < 0.5 and abs(lock.shifted) < 0.01 / 30
+    with pytest.raises(ValueError, match="period must be > 0"):
+        PhaseLock(0.0)
 
 
 @pytest.mark.parametrize("width", [64, 256, 640])
@@ -177,6 +262,11 @@ def test_file_source_paces_at_the_video_rate_and_ends(driver_video: Path, tmp_pa
     assert len(frames) == 5
     assert np.diff([f.captured for f in frames]) == pytest.approx([0.04] * 4)
     assert len(asyncio.run(play(True, 12))) == 12  # loops past the end
+    clock.sleeps.clear()
+    unpaced = FileSource(clip, clock, paced=False)
+    got = [asyncio.run(unpaced.recv()) for _ in range(3)]
+    assert [f.index for f in got] == [0, 1, 2] and clock.sleeps == [], "an unpaced source waited for a tick"
+    asyncio.run(unpaced.close())
     with pytest.raises(SourceError, match="no such file"):
         FileSource(tmp_path / "missing.mp4", clock)
 

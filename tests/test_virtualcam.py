@@ -209,6 +209,8 @@ def test_sink_ticks_on_absolute_deadlines_card_then_frames_then_waiting_card(rec
     # The avatar frame was shown, repeated while fresh, then a card once it was 1 s old.
     assert 0 < sink.cards < sink.sent and sink.sent - sink.cards == pytest.approx(30, abs=1)
     assert sink.repeated == sink.sent - sink.cards - 1  # one fresh picture, then repeats of it
+    # Engine to device: the one fresh frame waited for the next tick (the fake clock jumps there).
+    assert len(sink.handoffs) == 1 and 0 < sink.handoffs[0] <= 1 / 30 + 1e-9
 
 
 def test_status_is_what_the_card_says_until_a_frame_comes_and_after_it_goes_stale(recording: str) -> None:

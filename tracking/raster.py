@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-_DEPTH_BITS = 30  # depth levels; the key's 24 low bits hold the triangle id (16M triangles)
-_ID_BITS = 24
+DEPTH_BITS = 30  # depth levels; the key's 24 low bits hold the triangle id (16M triangles)
+ID_BITS = 24
 
 
 @dataclass(frozen=True)
@@ -115,8 +115,8 @@ def rasterize(vertices: Tensor, triangles: Tensor, height: int, width: int) -> F
     # Nearest fragment per pixel: pack quantized depth above the triangle id, take the min.
     lo, hi = v[:, 2].amin().double(), v[:, 2].amax().double()
     unit = (depth.double() - lo) / (hi - lo).clamp(min=1e-6)
-    q = unit.clamp(0, 1).mul((1 << _DEPTH_BITS) - 1).round().to(torch.int64)
-    key = (q << _ID_BITS) | tri
+    q = unit.clamp(0, 1).mul((1 << DEPTH_BITS) - 1).round().to(torch.int64)
+    key = (q << ID_BITS) | tri
     best = torch.full((height * width,), torch.iinfo(torch.int64).max, dtype=torch.int64, device=device)
     best.scatter_reduce_(0, pixel, key, reduce="amin")
     # Each covered pixel's winning row, found by writing row numbers where the key won; reading

@@ -225,7 +225,7 @@ function makeCard(id) {
     <div class="nums">
       ${cell("fps", "fps")}${cell("e2e", "e2e p50 / p99")}${cell("glass", "glass p50 / p99")}${cell("face", "face")}
       ${cell("frames", "frames")}${cell("dropped", "dropped")}${cell("avatar", "avatar")}${cell("sinks", "sinks")}
-      ${cell("watermark", "watermark")}
+      ${cell("watermark", "watermark")}${cell("handoff", "engine → sink p50 / p99")}
     </div>
     <table class="stages">
       <thead><tr><th>stage</th><th>p50</th><th>p99</th><th class="bar"></th></tr></thead>
@@ -254,6 +254,7 @@ function updateCard(entry, s, t) {
   setValue(field("fps"), s.fps, fmt.fps(s.fps));
   setValue(field("e2e"), s.e2e_ms?.p50, fmt.pair(s.e2e_ms, "–"));
   setValue(field("glass"), s.glass_ms?.p50, fmt.pair(s.glass_ms, "n/a"));
+  setValue(field("handoff"), s.handoff_ms?.p50, fmt.pair(s.handoff_ms, "–"));
   setValue(field("face"), s.face_found, s.face_found == null ? "–" : s.face_found ? "found" : "lost");
   setValue(field("frames"), s.frames, fmt.int(s.frames));
   setValue(field("dropped"), s.dropped, fmt.int(s.dropped));

@@ -62,6 +62,8 @@ class Frame:
         idle: no driver frame: the session made this tick itself (source silent or paused), so
             the avatar keeps moving in its idle pose.
         layers: what the published image was composed from (set by the generating stage).
+        produced: when the generating stage handed the avatar frame to the sinks (the session
+            clock's seconds; None before): the start of the sink's share of the latency.
     """
 
     image: U8
@@ -72,6 +74,7 @@ class Frame:
     face_found: bool | None = None
     idle: bool = False
     layers: Layers | None = None
+    produced: float | None = None
 
     def derive(self, image: U8, layers: Layers | None = None) -> Frame:
         """The same frame's history with a new picture (the next stage's output)."""

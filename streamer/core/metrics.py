@@ -62,6 +62,7 @@ class SessionStats:
     stages: dict[str, deque[float]] = field(default_factory=lambda: {s: deque(maxlen=WINDOW) for s in STAGES})
     end_to_end: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     glass: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    handoffs: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     produced_at: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
 
     def stage(self, name: str, seconds: float) -> None:
@@ -84,6 +85,11 @@ class SessionStats:
         self.end_to_end.append(end_to_end)
         self.metrics.end_to_end.observe(end_to_end)
 
+    def handed_off(self, seconds: float) -> None:
+        """A sink handed on a frame (to the device, the packetizer, the encoder) `seconds` after
+        the generating stage made it: waiting for the sink's turn, plus the sink's own work."""
+        self.handoffs.append(seconds)
+
     def glass_to_glass(self, seconds: float) -> None:
         self.glass.append(seconds)
         self.metrics.glass.observe(seconds)
@@ -104,5 +110,6 @@ class SessionStats:
             "dropped": self.dropped,
             "stages_ms": {s: percentiles(v) for s, v in self.stages.items()},
             "e2e_ms": percentiles(self.end_to_end),
+            "handoff_ms": percentiles(self.handoffs),
             "glass_ms": percentiles(self.glass),
         }

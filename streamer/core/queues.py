@@ -25,6 +25,7 @@ class DropQueue(Generic[T]):
             raise ValueError("maxsize must be >= 1")
         self._items: deque[T] = deque(maxlen=maxsize)
         self._ready = asyncio.Event()
+        self._taken = asyncio.Event()
         self._closed = False
         self.dropped = 0
 
@@ -44,7 +45,15 @@ class DropQueue(Generic[T]):
                 raise Closed
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        item = self._items.popleft()
+        self._taken.set()
+        return item
+
+    async def drained(self) -> None:
+        """Wait until the queue is empty (or closed): a producer's back-pressure."""
+        while self._items and not self._closed:
+            self._taken.clear()
+            await self._taken.wait()
 
     @property
     def closed(self) -> bool:
@@ -54,3 +63,4 @@ class DropQueue(Generic[T]):
         """Wake waiters; `get` raises Closed after the remaining items."""
         self._closed = True
         self._ready.set()
+        self._taken.set()

@@ -86,6 +86,9 @@ class SessionConfig:
         idle: the idle pose (blinks, breath) shown while the face is lost or the driver paused.
         idle_fps: the rate of the session's own idle ticks while no driver frame comes.
         engines: share one engine per avatar with the other sessions of this pool (None: own engine).
+        backpressure: read the source's next frame only once the drive stage has taken the last
+            one, instead of dropping the older frame: for an unpaced source (a file read as fast as
+            the pipeline goes, `avatarcam bench --source-fps 0`), never for a camera.
     """
 
     backend: str = "torch"
@@ -97,6 +100,7 @@ class SessionConfig:
     idle: IdleConfig = field(default_factory=IdleConfig)
     idle_fps: float = 30.0
     engines: EnginePool | None = field(default=None, compare=False)
+    backpressure: bool = False
 
 
 class State(StrEnum):
@@ -255,6 +259,8 @@ class AvatarSession:
     def _delivered(self, frame: Frame, seconds: float, finished: float) -> None:
         self.stats.stage("sink", seconds)
         self.stats.delivered(finished - frame.captured)
+        if frame.produced is not None:
+            self.stats.handed_off(finished - frame.produced)
 
     def _failed(self, stage: str) -> bool:
         """Log a frame that failed in `stage`; True when the session should give up."""
@@ -271,6 +277,9 @@ class AvatarSession:
     async def _capture(self) -> None:
         try:
             while True:
+                if self.config.backpressure:
+                    await self._to_drive.drained()
+                    self._last_input = self.clock.now()  # waiting on the pipeline is not a silent source
                 frame = await self.source.recv()
                 self._last_input = self.clock.now()
                 if self.state is State.PAUSED:
@@ -334,6 +343,7 @@ class AvatarSession:
                 if self._failed("infer"):
                     break
                 continue
+            out.produced = self.clock.now()
             self.stats.stage("infer", infer_s)
             self.stats.stage("compose", compose_s)
             self.stats.produced()

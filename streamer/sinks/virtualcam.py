@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from streamer.core.clock import Clock, Pacer
+from streamer.core.clock import Clock, Pacer, PhaseLock
 from streamer.core.frames import U8, Background, Frame, Layers, Mark
 from streamer.sinks.base import Report, SinkContext, SinkError
 from streamer.stages.card import card
 from streamer.stages.framing import Framer, FramingConfig
 
 log = logging.getLogger(__name__)
+HANDOFFS_KEPT = 3000  # the engine-to-device times kept (100 s at 30 fps)
 
 
 def virtualcam_help() -> str:
@@ -47,6 +49,10 @@ class VirtualCamSink:
         backend: a pyvirtualcam backend name; None picks the platform's.
         stale_seconds: show the waiting card after this long without an avatar frame.
         watermark: the mark for frames that carry none, and for the cards (None: cards unmarked).
+        phase_lock: move the ticks, at most 1 ms each, to fall midway between the avatar
+            frames' arrivals (`PhaseLock`), so arrival jitter neither repeats nor drops frames.
+            Off by default: it has not been shown to help (docs/benchmarks.md, "The virtual
+            camera's phase lock"); `benchmarks/bench_virtualcam.py --phase-lock both` measures it.
     """
 
     name = "virtualcam"
@@ -66,6 +72,7 @@ class VirtualCamSink:
         *,
         stale_seconds: float = 2.0,
         watermark: Mark | None = None,
+        phase_lock: bool = False,
     ) -> None:
         import pyvirtualcam
 
@@ -82,7 +89,10 @@ class VirtualCamSink:
         self._status: tuple[str, str] | None = None
         self.dropped = 0  # avatar frames replaced by a newer one before their tick
         self._latest: Frame | None = None
+        self._latest_at = 0.0  # when `_latest` came from the engine (the clock's seconds)
         self._fresh = False
+        # seconds from an avatar frame's arrival from the engine to its picture handed to the device
+        self.handoffs: deque[float] = deque(maxlen=HANDOFFS_KEPT)
         self._last_frame_at: float | None = None
         self._picture: U8 | None = None
         self._started_at = clock.now()
@@ -90,6 +100,7 @@ class VirtualCamSink:
         self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.pacer = Pacer(fps, clock)
+        self.lock = PhaseLock(self.pacer.period) if phase_lock else None
         w, h = framing.size.width, framing.size.height
         try:
             self.camera = pyvirtualcam.Camera(w, h, fps, fmt=pyvirtualcam.PixelFormat.RGB, backend=backend)
@@ -113,9 +124,11 @@ class VirtualCamSink:
     def send(self, frame: Frame) -> bool:
         """Take the newest avatar frame; False when an unpublished older one was dropped for it."""
         self.start()
+        if self.lock is not None:
+            self.lock.arrived(self.pacer.phase(self.clock.now()))
         dropped = self._fresh
         self.dropped += dropped
-        self._latest, self._fresh = frame, True
+        self._latest, self._fresh, self._latest_at = frame, True, self.clock.now()
         return not dropped
 
     def _render(self, frame: Frame | None, now: float) -> tuple[U8, bool]:
@@ -150,10 +163,13 @@ class VirtualCamSink:
     async def _publish(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._closed:
+            if self.lock is not None:
+                self.pacer.shift(self.lock.correction())
             deadline = await self.pacer.wait()
             if self._closed:
                 break
             frame, self._fresh = (self._latest if self._fresh else None), False
+            arrived = self._latest_at
             start = self.clock.now()
             try:
                 await loop.run_in_executor(self._executor, self._deliver, frame, deadline)
@@ -161,8 +177,10 @@ class VirtualCamSink:
                 log.exception("virtual camera: a frame failed")
                 continue
             end = self.clock.now()
-            if frame is not None and self.report is not None:
-                self.report(frame, end - start, end)
+            if frame is not None:
+                self.handoffs.append(end - arrived)
+                if self.report is not None:
+                    self.report(frame, end - start, end)
 
     async def close(self) -> None:
         self._closed = True

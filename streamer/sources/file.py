@@ -19,10 +19,13 @@ log = logging.getLogger(__name__)
 class FileSource:
     """A video file played in real time at its own frame rate (`loop`: start over at the end).
 
-    Frames are decoded one ahead in a worker thread, then released on absolute deadlines.
+    Frames are decoded one ahead in a worker thread, then released on absolute deadlines; with
+    `paced=False`, as soon as they are decoded (a benchmark's unpaced source).
     """
 
-    def __init__(self, path: Path, clock: Clock, *, loop: bool = False, fps: float | None = None) -> None:
+    def __init__(
+        self, path: Path, clock: Clock, *, loop: bool = False, fps: float | None = None, paced: bool = True
+    ) -> None:
         try:
             info = probe(path)
         except VideoError as exc:
@@ -32,7 +35,7 @@ class FileSource:
         self.loop = loop
         self.clock = clock
         self.fps = fps or info.fps
-        self._pacer = Pacer(self.fps, clock)
+        self._pacer = Pacer(self.fps, clock) if paced else None
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="file-source")
         self._frames: Iterator[tuple[int, float, U8]] | None = None
         self._count = 0
@@ -62,7 +65,8 @@ class FileSource:
             raise SourceEnded from exc
         if image is None:
             raise SourceEnded
-        await self._pacer.wait()
+        if self._pacer is not None:
+            await self._pacer.wait()
         self._count += 1
         return Frame(image, self.clock.now(), self._count - 1)
 

@@ -1,11 +1,13 @@
 """`avatarcam bench`: the live pipeline's latency and throughput on a real driving video.
 
 **pipeline** (the default, and what the service does): the real `streamer.pipeline.session.AvatarSession`
-with a file source paced as a 640x480 camera on absolute deadlines, and an encoding sink (VP8 or
+with a file source paced as a 640x480 camera on absolute deadlines (or unpaced, `--source-fps 0`:
+each frame read as soon as the drive stage took the last, so the pipeline's ceiling shows), and an encoding sink (VP8 or
 H.264, as a WebRTC peer's encoder; `--peer` adds a real aiortc peer over loopback). Tracking and
 rendering overlap generation in the session's two threads, with latest-frame slots between the
 stages. The report holds the figures the service exports at `/metrics` and on the dashboard:
-per-stage p50/p99 (track, render, infer, compose, sink), capture-to-sink p50/p99, frames made,
+per-stage p50/p99 (track, render, infer, compose, sink), capture-to-sink p50/p99, engine-to-sink
+(`handoff_ms`: from the avatar frame leaving the compositor to the sink handing it on), frames made,
 frames dropped per stage, and the sustained frame rate.
 
 **sequential** (`--mode sequential|both`): the same stages one after another on the calling
@@ -85,7 +87,9 @@ class BenchOptions:
         codec: the encoder of the encode stage (sequential) and the encoding sink (pipeline).
         threads: torch / onnxruntime intra-op threads (default: torch's current setting).
         mode: "pipeline" (the live session), "sequential" (stage after stage), or "both".
-        fps: the paced source's frame rate in the pipeline mode (the camera's).
+        source_fps: the paced source's frame rate in the pipeline mode (the camera's); 0: unpaced,
+            each frame read as soon as the drive stage took the last (back-pressure, no drops at
+            the source), so the pipeline's own ceiling shows.
         peer: in the pipeline mode, also stream to a real aiortc peer over loopback.
     """
 
@@ -99,14 +103,14 @@ class BenchOptions:
     codec: Codec = "vp8"
     threads: int | None = None
     mode: Mode = "pipeline"
-    fps: float = 30.0
+    source_fps: float = 30.0
     peer: bool = False
 
     def validate(self) -> None:
         if self.frames < 1 or self.warmup < 0:
             raise BenchError("--frames must be >= 1 and --warmup >= 0")
-        if self.fps <= 0:
-            raise BenchError("--fps must be > 0")
+        if self.source_fps < 0:
+            raise BenchError("--source-fps must be > 0, or 0 for an unpaced source")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise BenchError("--device cuda: no CUDA device is visible here; use --device cpu")
         if not self.driver.is_file():
@@ -310,8 +314,10 @@ async def run_pipeline(options: BenchOptions, avatar: Avatar, layers: list[Layer
     after `options.warmup` untimed ones; its own metrics, as `/metrics` and the dashboard show them."""
     clock = MonotonicClock()
     entry = AvatarEntry(options.avatar.stem, options.avatar, avatar)
-    source = CameraFile(options.driver, clock, loop=True, fps=options.fps)
-    session = AvatarSession("bench", entry, source, SessionConfig(options.backend, options.device), clock, Metrics())
+    paced = options.source_fps > 0
+    source = CameraFile(options.driver, clock, loop=True, fps=options.source_fps or None, paced=paced)
+    config = SessionConfig(options.backend, options.device, backpressure=not paced)
+    session = AvatarSession("bench", entry, source, config, clock, Metrics())
     session.add_sink(EncodeSink(clock, options.codec, entry.resolution, layers))
     peer = await _loopback_peer(session, clock) if options.peer else None
     try:
@@ -323,9 +329,10 @@ async def run_pipeline(options: BenchOptions, avatar: Avatar, layers: list[Layer
             stages={name: deque() for name in SERVICE_STAGES},
             end_to_end=deque(),
             glass=deque(),
+            handoffs=deque(),
             produced_at=deque(),
         )
-        await _until_frames(session, options.frames, 60.0 + 10 * options.frames / options.fps)
+        await _until_frames(session, options.frames, 60.0 + 10 * options.frames / (options.source_fps or 30.0))
     finally:
         await session.stop()  # no frame is made after this; the sinks deliver what they hold
         if peer is not None:
@@ -338,12 +345,13 @@ async def run_pipeline(options: BenchOptions, avatar: Avatar, layers: list[Layer
         for stage in SERVICE_STAGES
     }
     return {
-        "source_fps": options.fps,
+        "source_fps": options.source_fps,
         "sinks": [sink.name for sink in session.sinks],
         "frames": frames,
         "fps": round((len(made) - 1) / (made[-1] - made[0]), 2) if len(made) > 1 else None,
         "dropped": dropped,
         "e2e_ms": snapshot["e2e_ms"],
+        "handoff_ms": snapshot["handoff_ms"],
         "stages_ms": snapshot["stages_ms"],
     }
 
