@@ -59,6 +59,11 @@ log = logging.getLogger(__name__)
 
 DRIVER = "driver"  # the display of the driver's camera in a room
 AVATAR = "avatar"  # the display of the avatar in a room
+# Publishers a room admits at once: the driver and the avatar, plus the avatars of sessions that
+# died with their node, which Janus keeps until their session times out (60 s without a
+# keepalive). bench_cluster's fifth node kill in a minute found 4 too few: the restarted session's
+# publish was refused ("Maximum number of publishers (4) already reached").
+PUBLISHERS = 16
 PLUGIN = "janus.plugin.videoroom"
 KEEPALIVE = 25.0  # seconds between keepalives (Janus drops a silent session after 60 s)
 POLL_EVENTS = 10  # events one long-poll GET may bring back
@@ -448,7 +453,7 @@ class JanusSession:
         pin: str,
         description: str = "",
         room: int | None = None,
-        publishers: int = 4,
+        publishers: int = PUBLISHERS,
         bitrate: int = 1_000_000,
         videocodec: str = "vp8",
         admin_key: str | None = None,
