@@ -82,7 +82,10 @@ def test_browser_setup_needs_root_only_to_install_and_otherwise_says_why(shared_
     if os.getuid() == 0:  # as root (CI) it installs the packages
         root = _make_browser_setup([], bin_dir, project)
         assert root.returncode == 0, root.stderr
-        assert log.read_text().splitlines() == ["update", "install -y chromium chromium-driver coturn xvfb"]
+        assert log.read_text().splitlines() == [
+            "update",
+            "install -y chromium chromium-driver coturn xvfb janus libjs-janus-gateway",
+        ]
 
 
 def test_no_browser_skips_with_the_reason(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
