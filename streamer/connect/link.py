@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiortc import RTCPeerConnection, RTCSessionDescription
@@ -165,24 +165,44 @@ class Link:
 
     async def rtt(self) -> float | None:
         """The round-trip time (seconds) the server's receiver reports imply, if known yet."""
-        with contextlib.suppress(Exception):  # aiortc's stats of a closing connection
-            for stats in (await self.pc.getStats()).values():
-                if getattr(stats, "type", "") == "remote-inbound-rtp" and stats.roundTripTime is not None:
-                    return float(stats.roundTripTime)
-        return None
+        return await sender_rtt(self.pc)
 
     async def close(self) -> None:
-        self._lose("closed")
-        if self._pull is not None:
-            self._pull.cancel()
-            await asyncio.gather(self._pull, return_exceptions=True)
-        await self.track.close()
-        if self._source is not None:
-            await self._source.close()
+        await close_media(self)
         try:
             await asyncio.wait_for(self.pc.close(), 5.0)
         except Exception as exc:  # aiortc's own state on a half-open connection
             log.info("closing the peer connection: %s: %s", type(exc).__name__, exc)
+
+
+class MediaLink(Protocol):
+    """What `close_media` needs of a link to a server or to a room."""
+
+    _pull: asyncio.Task[None] | None
+    _source: Any
+    track: Any
+
+    def _lose(self, reason: str) -> None: ...
+
+
+async def close_media(link: MediaLink) -> None:
+    """Stop pulling the avatar, end the camera track and its source (both kinds of link)."""
+    link._lose("closed")
+    if link._pull is not None:
+        link._pull.cancel()
+        await asyncio.gather(link._pull, return_exceptions=True)
+    await link.track.close()
+    if link._source is not None:
+        await link._source.close()
+
+
+async def sender_rtt(pc: Any) -> float | None:
+    """The round-trip time (seconds) that the far receiver's reports on `pc`'s sent media imply."""
+    with contextlib.suppress(Exception):  # aiortc's stats of a closing connection
+        for stats in (await pc.getStats()).values():
+            if getattr(stats, "type", "") == "remote-inbound-rtp" and stats.roundTripTime is not None:
+                return float(stats.roundTripTime)
+    return None
 
 
 def _auth(token: str | None) -> dict[str, str]:

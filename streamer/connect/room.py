@@ -12,7 +12,6 @@ back (the gateway's fleet view shows no glass-to-glass from connect).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 
 from streamer.connect.config import ConnectConfig, ConnectError
-from streamer.connect.link import _describe, _json_or_none, _Retry, _server_error
+from streamer.connect.link import _describe, _json_or_none, _Retry, _server_error, close_media, sender_rtt
 from streamer.core.clock import Clock
 from streamer.core.frames import Frame
 from streamer.janus.client import AVATAR, DRIVER, JanusDown, JanusError, JanusSession, Publisher, Room, Subscriber
@@ -176,22 +175,10 @@ class RoomLink:
 
     async def rtt(self) -> float | None:
         """The round-trip time to Janus that its receiver reports on our camera imply."""
-        if self.publisher is None:
-            return None
-        with contextlib.suppress(Exception):
-            for stats in (await self.publisher.pc.getStats()).values():
-                if getattr(stats, "type", "") == "remote-inbound-rtp" and stats.roundTripTime is not None:
-                    return float(stats.roundTripTime)
-        return None
+        return None if self.publisher is None else await sender_rtt(self.publisher.pc)
 
     async def close(self) -> None:
-        self._lose("closed")
-        if self._pull is not None:
-            self._pull.cancel()
-            await asyncio.gather(self._pull, return_exceptions=True)
-        await self.track.close()
-        if self._source is not None:
-            await self._source.close()
+        await close_media(self)
         if self.janus is not None:
             try:
                 await asyncio.wait_for(self.janus.close(), 10.0)
