@@ -60,6 +60,10 @@ def test_window_is_one_registry_row_that_serve_and_connect_share() -> None:
     assert parse_sink("window") == parse_sink("window", peers=False)
 
 
+@pytest.mark.skip(
+    reason="hangs in cv2.waitKey inside serve on this machine since janus (apt) and ray (pip) were installed "
+    "on 2026-12-04, also at ba1caba where it passed before: not yet understood (docs/roadmap.md)"
+)
 def test_serve_shows_the_avatar_in_a_window(display: str, tiny_avatar: Path, driver_video: Path) -> None:
     async def scenario() -> list[int]:
         service = Service(replace(shared_config(tiny_avatar, driver_video), sinks=(parse_sink("window"),)).resolved())
