@@ -130,16 +130,7 @@ class Link:
         if track.kind != "video":
             return
         self._source = TrackSource(track, self.clock, read_stamps=self.config.stamp, name="avatar")
-        self._pull = asyncio.get_running_loop().create_task(self._receive(self._source), name="connect-receive")
-
-    async def _receive(self, source: TrackSource) -> None:
-        try:
-            while True:
-                frame = await source.recv()
-                self.last_frame_at = frame.captured
-                self.on_frame(frame)
-        except SourceEnded:
-            self._lose("the avatar track ended")
+        self._pull = asyncio.get_running_loop().create_task(receive_frames(self, self._source), name="connect-receive")
 
     async def _on_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed"):
@@ -183,6 +174,17 @@ class MediaLink(Protocol):
     track: Any
 
     def _lose(self, reason: str) -> None: ...
+
+
+async def receive_frames(link: Any, source: TrackSource) -> None:
+    """Hand each avatar frame to the link's `on_frame` until the track ends (both kinds of link)."""
+    try:
+        while True:
+            frame = await source.recv()
+            link.last_frame_at = frame.captured
+            link.on_frame(frame)
+    except SourceEnded:
+        link._lose("the avatar track ended")
 
 
 async def close_media(link: MediaLink) -> None:

@@ -21,12 +21,19 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 
 from streamer.connect.config import ConnectConfig, ConnectError
-from streamer.connect.link import _describe, _json_or_none, _Retry, _server_error, close_media, sender_rtt
+from streamer.connect.link import (
+    _describe,
+    _json_or_none,
+    _Retry,
+    _server_error,
+    close_media,
+    receive_frames,
+    sender_rtt,
+)
 from streamer.core.clock import Clock
 from streamer.core.frames import Frame
 from streamer.janus.client import AVATAR, DRIVER, JanusDown, JanusError, JanusSession, Publisher, Room, Subscriber
 from streamer.sinks.webrtc import AvatarTrack
-from streamer.sources.base import SourceEnded
 from streamer.sources.track import TrackSource
 
 log = logging.getLogger(__name__)
@@ -153,17 +160,10 @@ class RoomLink:
         assert self.subscriber.track is not None
         self.subscriber.pc.on("connectionstatechange", self._on_state)
         self._source = TrackSource(self.subscriber.track, self.clock, read_stamps=self.config.stamp, name="avatar")
-        self._pull = asyncio.get_running_loop().create_task(self._receive(self._source), name="connect-room-receive")
+        self._pull = asyncio.get_running_loop().create_task(
+            receive_frames(self, self._source), name="connect-room-receive"
+        )
         self.opened_at = self.clock.now()
-
-    async def _receive(self, source: TrackSource) -> None:
-        try:
-            while True:
-                frame = await source.recv()
-                self.last_frame_at = frame.captured
-                self.on_frame(frame)
-        except SourceEnded:
-            self._lose("the avatar track ended")
 
     async def _on_state(self) -> None:
         for pc in (p.pc for p in (self.publisher, self.subscriber) if p is not None):
