@@ -131,7 +131,7 @@ def test_prepare_and_the_coach_move_together_when_only_recording_changes(
     monkeypatch.setattr(recording, "crop_fits", lambda side, width, height: False)
 
     warnings = " ".join(check_tracking(_video()))
-    for says in ("little head rotation", "little expression range", "px tall"):
+    for says in ("little head rotation", "little expression range", "px tall", "the face is dark"):
         assert says in warnings
     assert portrait_crop(np.full((1, 2), 300.0, np.float32), np.array([100.0], np.float32), 640, 480, 256)[1]
     assert coverage_edges()[0] == pytest.approx([5 * e for e in edges[0]])
