@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +152,18 @@ def _turning_clip(samples: list[tuple[float, U8]], folder: Path) -> Path:
     return write_video(folder / "turns.mp4", frames, fps=12)
 
 
+class ThreadNotingCoach(Coach):
+    """A coach that notes the threads it is fed on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[str] = set()
+
+    def feed(self, rgb: U8, t: float) -> dict[str, Any]:
+        self.threads.add(threading.current_thread().name)
+        return super().feed(rgb, t)
+
+
 async def _until(event: asyncio.Event, what: str) -> None:
     try:
         await asyncio.wait_for(event.wait(), DEADLINE)
@@ -162,8 +175,14 @@ def test_coach_answer_sends_coach_messages_on_the_page_channel(
     cap12_samples: list[tuple[float, U8]], tmp_path: Path
 ) -> None:
     """An aiortc peer plays a real clip and opens the "coach" channel, as the page does; coach
-    messages come back at about 4 a second with the pose map growing."""
+    messages come back at about 4 a second with the pose map growing. The coach runs on its own
+    thread, never the event loop's, and closing frees its tracker."""
     clip = _turning_clip(cap12_samples, tmp_path)
+    coaches: list[ThreadNotingCoach] = []
+
+    def make_coach() -> Coach:
+        coaches.append(ThreadNotingCoach())
+        return coaches[-1]
 
     async def scenario() -> list[dict[str, Any]]:
         client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -181,7 +200,7 @@ def test_coach_answer_sends_coach_messages_on_the_page_channel(
         channel.on("message", on_message)
         await client.setLocalDescription(await client.createOffer())
         offer = {"sdp": client.localDescription.sdp, "type": "offer"}
-        answer, close = await coach_answer(offer, Coach)
+        answer, close = await coach_answer(offer, make_coach)
         await client.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
         try:
             await _until(grown, "coach messages with the pose map growing")
@@ -196,6 +215,8 @@ def test_coach_answer_sends_coach_messages_on_the_page_channel(
     assert times == sorted(times) and times[0] == 0.0
     assert min(np.diff(times)) >= 0.25 - 1e-9  # sampled at 4 fps at most, the frames between dropped
     assert all(m["face"] for m in messages[1:])
+    assert len(coaches) == 1 and coaches[0].threads == {"coach_0"}  # not MainThread, the loop's
+    assert coaches[0].tracker._landmarker is None  # closed
 
 
 def test_coach_answer_refuses_an_offer_without_video_or_channel() -> None:

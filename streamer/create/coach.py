@@ -130,8 +130,9 @@ class Coach:
         Returns the coach message: {"t", "face", "faces", "framing": [advice], "coverage":
         {"yaw_bins", "pitch_bins": edges in degrees, "filled": [pitch row][yaw column] 0/1},
         "fraction": covered share of the cells, "expressions": {bar: 0..1 of its target,
-        never falling}, "enough", "elapsed": seconds since the first frame}. Pitch > 0 is
-        looking down, yaw > 0 is the face turned towards the image's right (the person's left).
+        never falling}, "enough", "elapsed": seconds since the first frame}. Both edge lists
+        ascend: pitch > 0 is looking down (row 0 is looking up), yaw > 0 is the face turned
+        towards the image's right (the person's left; column 0 is turned to their right).
         """
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an [H, W, 3] uint8 RGB frame, got {rgb.shape} {rgb.dtype}")
