@@ -158,6 +158,11 @@ class ThreadNotingCoach(Coach):
     def __init__(self) -> None:
         super().__init__()
         self.threads: set[str] = set()
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        super().close()
+        self.closed.set()
 
     def feed(self, rgb: U8, t: float) -> dict[str, Any]:
         self.threads.add(threading.current_thread().name)
@@ -228,6 +233,26 @@ def test_coach_answer_refuses_an_offer_without_video_or_channel() -> None:
             await coach_answer({"sdp": client.localDescription.sdp, "type": "offer"}, Coach)
         with pytest.raises(CoachOfferError, match="expected JSON"):
             await coach_answer({"sdp": "v=0", "type": "answer"}, Coach)
+        await client.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_page_that_never_connects_frees_its_coach() -> None:
+    coaches: list[ThreadNotingCoach] = []
+
+    def make_coach() -> Coach:
+        coaches.append(ThreadNotingCoach())
+        return coaches[-1]
+
+    async def scenario() -> None:
+        client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        client.addTransceiver("video", direction="sendonly")
+        client.createDataChannel("coach")
+        await client.setLocalDescription(await client.createOffer())
+        offer = {"sdp": client.localDescription.sdp, "type": "offer"}
+        await coach_answer(offer, make_coach, connect_timeout=0.5)  # the answer never reaches the client
+        assert await asyncio.to_thread(coaches[0].closed.wait, DEADLINE), "the coach was not closed"
         await client.close()
 
     asyncio.run(scenario())
