@@ -16,6 +16,7 @@ import numpy.typing as npt
 import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import AudioStreamTrack
 
 from streamer.create.coach import (
     MORE_LIGHT,
@@ -217,7 +218,8 @@ def test_coach_answer_sends_coach_messages_on_the_page_channel(
     cap12_samples: list[tuple[float, U8]], tmp_path: Path
 ) -> None:
     """An aiortc peer plays a real clip and opens the "coach" channel, as the page does; coach
-    messages come back at about 4 a second with the pose map growing. The coach runs on its own
+    messages come back at about 4 a second with the pose map growing, though a microphone track
+    comes along. The coach runs on its own
     thread, never the event loop's, and closing frees its tracker."""
     clip = _turning_clip(cap12_samples, tmp_path)
     coaches: list[ThreadNotingCoach] = []
@@ -230,6 +232,7 @@ def test_coach_answer_sends_coach_messages_on_the_page_channel(
         client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         player = MediaPlayer(str(clip))
         client.addTrack(player.video)
+        client.addTrack(AudioStreamTrack())  # a microphone too: drained, not coached
         channel = client.createDataChannel("coach")
         messages: list[dict[str, Any]] = []
         grown = asyncio.Event()

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaBlackhole
 
 from streamer.core.clock import Clock, MonotonicClock
 from streamer.core.rtc import close_connection, ice_configuration
@@ -48,7 +49,9 @@ class _CoachPeer:
         self.sent = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._coaching = False
         self._connected = asyncio.Event()
+        self.blackhole = MediaBlackhole()
 
     def watch(self, fps: float, max_side: int, connect_timeout: float) -> None:
         pc, loop = self.pc, asyncio.get_running_loop()
@@ -60,9 +63,12 @@ class _CoachPeer:
 
         @pc.on("track")
         def on_track(track: Any) -> None:
-            if track.kind == "video" and not self._closed:
+            if track.kind == "video" and not self._coaching and not self._closed:
+                self._coaching = True
                 source = TrackSource(track, self.clock, name="coach", max_side=max_side)
                 self._tasks.append(loop.create_task(self._coach(source, fps), name="coach"))
+            else:  # audio, a second camera: aiortc queues what nobody reads without bound, so drain it
+                self.blackhole.addTrack(track)
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
@@ -72,6 +78,9 @@ class _CoachPeer:
                 self._tasks.append(loop.create_task(self.close(), name="coach-close"))
 
         self._tasks.append(loop.create_task(self._connect_or_close(connect_timeout), name="coach-connect"))
+
+    async def start(self) -> None:
+        await self.blackhole.start()
 
     async def _connect_or_close(self, timeout: float) -> None:
         try:
@@ -111,6 +120,7 @@ class _CoachPeer:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        await self.blackhole.stop()
         await close_connection(self.pc)
         # The coach's tracker is closed on the thread it ran on, after any feed still running there.
         await asyncio.get_running_loop().run_in_executor(self.executor, self.coach.close)
@@ -170,6 +180,7 @@ async def coach_answer(
         peer.watch(fps, max_side, connect_timeout)
         await pc.setRemoteDescription(description)
         await pc.setLocalDescription(await pc.createAnswer())
+        await peer.start()
     except Exception as exc:
         await peer.close()
         raise CoachOfferError(f"cannot use this offer: {exc}") from None
