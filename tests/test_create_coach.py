@@ -184,10 +184,10 @@ def test_prepare_and_the_coach_move_together_when_only_recording_changes(
 
 
 def _turning_clip(samples: list[tuple[float, U8]], folder: Path) -> Path:
-    """cap12's head turns at twice their speed (every 12th frame played at 12.5 fps, 256 px): the
-    coach sees 11 s of turning in about 4 s."""
-    frames = [cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_AREA) for t, rgb in samples[::2] if t >= TURNS[0]]
-    return write_video(folder / "turns.mp4", frames, fps=12)
+    """cap12's head turns, its every 6th frame played at 8 fps (1.5x speed) at 256 px: 11.5 s of
+    turning in 6 s."""
+    frames = [cv2.resize(rgb, (256, 256), interpolation=cv2.INTER_AREA) for t, rgb in samples if t >= TURNS[0]]
+    return write_video(folder / "turns.mp4", frames, fps=8)
 
 
 class ThreadNotingCoach(Coach):
@@ -230,7 +230,7 @@ def test_coach_answer_sends_coach_messages_on_the_page_channel(
 
     async def scenario() -> list[dict[str, Any]]:
         client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        player = MediaPlayer(str(clip))
+        player = MediaPlayer(str(clip), loop=True)  # on a slow machine the coach may need a second pass
         client.addTrack(player.video)
         client.addTrack(AudioStreamTrack())  # a microphone too: drained, not coached
         channel = client.createDataChannel("coach")
@@ -239,7 +239,7 @@ def test_coach_answer_sends_coach_messages_on_the_page_channel(
 
         def on_message(text: str) -> None:
             messages.append(json.loads(text))
-            if len(messages) >= 6 and messages[-1]["fraction"] > messages[0]["fraction"]:
+            if messages[-1]["fraction"] >= 0.2:  # three cells, where one is all a still head fills
                 grown.set()
 
         channel.on("message", on_message)
@@ -259,7 +259,7 @@ def test_coach_answer_sends_coach_messages_on_the_page_channel(
     times = [m["t"] for m in messages]
     assert times == sorted(times) and times[0] == 0.0
     assert min(np.diff(times)) >= 0.25 - 1e-9  # sampled at 4 fps at most, the frames between dropped
-    assert all(m["face"] for m in messages[1:])
+    assert sum(m["face"] for m in messages) >= len(messages) - 1  # through VP8 at 256 px
     assert len(coaches) == 1 and coaches[0].threads == {"coach_0"}  # not MainThread, the loop's
     assert coaches[0].tracker._landmarker is None  # closed
 
