@@ -124,7 +124,7 @@ class Coach:
         self._start: float | None = None
         self._poses: deque[tuple[float, float]] = deque(maxlen=HISTORY)
         self._blends: deque[F32] = deque(maxlen=HISTORY)
-        self._recent: deque[tuple[float, float, float]] = deque(maxlen=RECENT)  # crop/frame, luma, face px
+        self._recent: deque[tuple[float, float, float]] = deque(maxlen=RECENT)  # crop, face, luma
         self._peaks = dict.fromkeys(EXPRESSIONS, 0.0)
 
     def __enter__(self) -> Coach:
@@ -183,14 +183,16 @@ class Coach:
     def _framing(self, rgb: U8, landmarks: F32, faces: int) -> list[str]:
         height, width = rgb.shape[:2]
         size = face_size(landmarks)
-        self._recent.append((portrait_side(size), recording.face_luma(rgb, landmarks), size))
-        side, luma, face = (statistics.median(v) for v in zip(*self._recent, strict=True))
+        # Shares of the frame, not pixels: a browser may change the preview's size mid-stream.
+        luma = recording.face_luma(rgb, landmarks)
+        self._recent.append((portrait_side(size) / min(width, height), size / height, luma))
+        side, face, luma = (statistics.median(v) for v in zip(*self._recent, strict=True))
         advice = []
         if faces > 1:
             advice.append(ONE_FACE)
-        if not recording.crop_fits(side, width, height):
+        if not recording.crop_fits(side * min(width, height), width, height):
             advice.append(MOVE_BACK)
-        elif self.recording_height is not None and recording.face_too_small(face * self.recording_height / height):
+        elif self.recording_height is not None and recording.face_too_small(face * self.recording_height):
             advice.append(MOVE_CLOSER)
         if recording.too_dark(luma):
             advice.append(MORE_LIGHT)
