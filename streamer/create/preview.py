@@ -108,6 +108,8 @@ class _CoachPeer:
                     self.sent += 1
         except SourceEnded:
             log.info("the coach preview track ended")
+        except Exception:  # the recording goes on; the page shows it is no longer coached
+            log.warning("the recording coach failed; the preview goes on uncoached", exc_info=True)
         finally:
             await source.close()
 
