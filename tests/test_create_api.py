@@ -20,6 +20,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.contrib.media import MediaPlayer
 
 from streamer.create import upload as upload_module
 from streamer.serve.config import ServeConfig
@@ -125,6 +127,44 @@ def test_upload_refusals_over_http(tiny_avatar: Path, tmp_path: Path, monkeypatc
     assert seen["gone"][0] == 404  # nothing of a refused file is kept
     assert seen["disk full"][0] == 507 and "disk is too full" in seen["disk full"][1]["error"]
     assert seen["jobs"] == (200, {"jobs": []})
+
+
+def test_the_coach_answers_over_http(tiny_avatar: Path, cap12: Path, tmp_path: Path) -> None:
+    """A peer sends a real clip and opens the "coach" channel, as the page does, through
+    POST /api/create/coach; coach messages come back. An offer without video is refused."""
+    clip = write_video(tmp_path / "preview.mp4", first_frames(cap12, 30))
+
+    async def scenario() -> tuple[dict[str, Any], tuple[int, str]]:
+        async with running(tiny_avatar, tmp_path / "create") as url, aiohttp.ClientSession(headers=AS_OPERATOR) as http:
+            client = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            player = MediaPlayer(str(clip), loop=True)
+            client.addTrack(player.video)
+            channel = client.createDataChannel("coach")
+            first: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            channel.on("message", lambda text: first.done() or first.set_result(json.loads(text)))
+            await client.setLocalDescription(await client.createOffer())
+            offer = {"sdp": client.localDescription.sdp, "type": "offer", "height": 512}
+            try:
+                async with http.post(url + "/api/create/coach", json=offer) as response:
+                    answer = await response.json()
+                    assert response.status == 200, answer
+                await client.setRemoteDescription(RTCSessionDescription(answer["sdp"], answer["type"]))
+                message = await asyncio.wait_for(first, 60)
+            finally:
+                await client.close()
+                player.video.stop()
+            silent = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+            silent.createDataChannel("coach")
+            await silent.setLocalDescription(await silent.createOffer())
+            body = {"sdp": silent.localDescription.sdp, "type": "offer"}
+            async with http.post(url + "/api/create/coach", json=body) as response:
+                refused = response.status, (await response.json())["error"]
+            await silent.close()
+            return message, refused
+
+    message, refused = asyncio.run(scenario())
+    assert message["face"] is True and {"framing", "coverage", "expressions", "enough"} <= set(message)
+    assert refused[0] == 400 and "no video" in refused[1]
 
 
 # ---- the whole flow, with a server killed during training --------------------------------------------

@@ -40,13 +40,14 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
+from tracking import recording
 from tracking.assets import sha256_of
 from tracking.crop import Crop, portrait_crop
 from tracking.expression import ExpressionModel
 from tracking.mesh import CanonicalMesh, load_canonical_mesh
 from tracking.render import FaceRenderer
 from tracking.texture import back_project
-from tracking.tracker import BLENDSHAPE_NAMES, FaceTrack, FaceTracker, face_size
+from tracking.tracker import FaceTrack, FaceTracker, face_size
 from tracking.video import TrackedVideo, VideoInfo, probe, read_frames
 
 F32 = npt.NDArray[np.float32]
@@ -126,6 +127,7 @@ def _save_tracks(path: Path, video: TrackedVideo) -> None:
         "blendshapes": np.stack([t.blendshapes for t in good]) if good else np.zeros((0, 52), np.float32),
         "matrix": np.stack([t.matrix for t in good]) if good else np.zeros((0, 4, 4), np.float32),
         "faces": np.array([t.faces for t in good], dtype=np.int32),
+        "face_luma": np.array(video.face_luma, dtype=np.float32),
     }
     partial = path.with_name(path.name + ".partial.npz")
     np.savez(partial, **arrays)  # type: ignore[arg-type]
@@ -137,6 +139,7 @@ def _load_tracks(path: Path, info: VideoInfo, mesh: CanonicalMesh) -> TrackedVid
 
     with np.load(path) as data:
         ok, times = data["ok"], data["times"].tolist()
+        face_luma = data["face_luma"].tolist() if "face_luma" in data.files else []
         rows = iter(zip(data["landmarks"], data["blendshapes"], data["matrix"], data["faces"], strict=True))
         tracks: list[FaceTrack | None] = []
         for present in ok:
@@ -145,7 +148,7 @@ def _load_tracks(path: Path, info: VideoInfo, mesh: CanonicalMesh) -> TrackedVid
                 tracks.append(track_from_landmarks(lm, bs, mx, int(faces), mesh))
             else:
                 tracks.append(None)
-    return TrackedVideo(info, times, tracks)
+    return TrackedVideo(info, times, tracks, face_luma)
 
 
 def track_video(info: VideoInfo, config: PrepareConfig, work: Path, watch: Stopwatch) -> TrackedVideo:
@@ -157,17 +160,21 @@ def track_video(info: VideoInfo, config: PrepareConfig, work: Path, watch: Stopw
             return _load_tracks(cache, info, tracker.mesh)
         times: list[float] = []
         tracks: list[FaceTrack | None] = []
+        face_luma: list[float] = []
         expected = min(info.frames, config.max_frames or info.frames) or None
         bar = tqdm(total=expected, desc=f"track {info.path.name}", unit="frame", dynamic_ncols=True)
         start = time.perf_counter()
         for _, seconds, rgb in read_frames(info.path, config.max_frames):
             start = watch.add("decode", start)
-            tracks.append(tracker(rgb, round(seconds * 1000)))
+            track = tracker(rgb, round(seconds * 1000))
+            tracks.append(track)
             times.append(seconds)
+            if track is not None:
+                face_luma.append(recording.face_luma(rgb, track.landmarks))
             start = watch.add("track", start)
             bar.update()
         bar.close()
-    video = TrackedVideo(info, times, tracks)
+    video = TrackedVideo(info, times, tracks, face_luma)
     _save_tracks(cache, video)
     return video
 
@@ -396,33 +403,33 @@ def check_tracking(video: TrackedVideo) -> list[str]:
         )
     warnings: list[str] = []
     lost = 1 - tracked / total
-    if lost > 0.10:
+    if recording.face_lost_too_often(lost):
         warnings.append(f"{name}: the face was lost in {lost:.0%} of frames; keep it in view, unobstructed and lit")
     tracks = [t for t in video.tracks if t is not None]
-    several = np.mean([t.faces > 1 for t in tracks])
-    if several > 0.05:
+    several = float(np.mean([t.faces > 1 for t in tracks]))
+    if recording.several_faces_too_often(several):
         warnings.append(
             f"{name}: another face is visible in {several:.0%} of frames; the largest is used. Record alone"
         )
-    pose = np.array([t.pose.as_vector()[:3] for t in tracks])
-    lo, hi = np.percentile(pose, [5, 95], axis=0)
-    pitch_range, yaw_range = hi[0] - lo[0], hi[1] - lo[1]
-    if yaw_range < 20 or pitch_range < 10:
+    yaw_range, pitch_range = recording.rotation_ranges(np.array([t.pose.as_vector()[:2] for t in tracks]))
+    if not recording.enough_rotation(yaw_range, pitch_range):
         warnings.append(
             f"{name}: little head rotation (yaw range {yaw_range:.0f}°, pitch {pitch_range:.0f}°); turn your "
             "head left, right, up and down while recording so the avatar can follow"
         )
-    blend = np.array([t.blendshapes for t in tracks])
-    expressive = np.percentile(blend[:, 1:], 95, axis=0).max() - np.percentile(blend[:, 1:], 5, axis=0).min()
-    jaw = np.percentile(blend[:, BLENDSHAPE_NAMES.index("jawOpen")], 95)
-    if jaw < 0.2 or expressive < 0.4:
+    jaw, expressive = recording.expression_ranges(np.array([t.blendshapes for t in tracks]))
+    if not recording.enough_expression(jaw, expressive):
         warnings.append(
             f"{name}: little expression range (jawOpen 95th percentile {jaw:.2f}); talk, smile, open your "
             "mouth and raise your brows while recording"
         )
     face = float(np.median([face_size(t.landmarks) for t in tracks]))
-    if face < 128:
+    if recording.face_too_small(face):
         warnings.append(f"{name}: the face is only {face:.0f} px tall; move closer or record at a higher resolution")
+    if video.face_luma and recording.too_dark(luma := float(np.median(video.face_luma))):
+        warnings.append(
+            f"{name}: the face is dark (luma {luma:.0f} of 255); move into the light or light your face from the front"
+        )
     return warnings
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable
@@ -21,13 +20,17 @@ import cv2
 import torch
 from aiohttp import web
 
+from streamer.core.rtc import ice_configuration
+from streamer.create.coach import Coach
 from streamer.create.jobs import MAX_SECONDS, JobError, JobStore, create_root, suggestion
+from streamer.create.preview import CoachOfferError, coach_answer
 from streamer.create.runner import PLANS, Runner
 from streamer.create.upload import MAX_CHUNK, MAX_UPLOAD, UploadError, Uploads, check_video
 from streamer.pipeline.session import AvatarEntry
 from streamer.serve.config import ServeConfig
 from streamer.serve.guard import page, read_json
-from streamer.serve.service import RequestError, Service
+from streamer.serve.ice import screen_candidates
+from streamer.serve.service import RequestError, Service, check_media_sections
 
 log = logging.getLogger(__name__)
 
@@ -194,15 +197,23 @@ class CreateRoutes:
     # ---- the coach -----------------------------------------------------------------------------
 
     async def coach(self, request: web.Request) -> web.Response:
+        """The page's low-rate preview, answered by the recording coach on its "coach" channel.
+        An optional "height" (the recording's, in pixels) lets it say "move closer"."""
         body = await read_json(request)
         if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
-            raise RequestError(400, 'expected JSON {"sdp": "...", "type": "offer"}')
+            raise RequestError(400, 'expected JSON {"sdp": "...", "type": "offer", "height"?: pixels}')
+        height = body.get("height")
+        if height is not None and (isinstance(height, bool) or not isinstance(height, int) or height <= 0):
+            raise RequestError(400, "height must be the recording's height in pixels")
+        check_media_sections(body["sdp"])
         try:
-            preview = importlib.import_module("streamer.create.preview")
-            coach = importlib.import_module("streamer.create.coach")
-        except ImportError:
-            raise RequestError(501, "this server has no recording coach yet; record without it") from None
-        answer, close = await preview.coach_answer({"sdp": body["sdp"], "type": "offer"}, coach.Coach)
+            sdp, _ = screen_candidates(body["sdp"])
+            ice = ice_configuration(self.config.ice_servers, self.config.ice_username, self.config.ice_credential)
+            answer, close = await coach_answer(
+                {"sdp": sdp, "type": "offer"}, lambda: Coach(recording_height=height), ice=ice
+            )
+        except (CoachOfferError, ValueError) as exc:
+            raise RequestError(400, f"cannot coach with this offer: {exc}") from None
         self._coaches.add(close)
         return web.json_response(answer)
 
