@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import torch
 from aiohttp import web
 
@@ -34,6 +35,7 @@ from streamer.serve.service import RequestError, Service, check_media_sections
 
 log = logging.getLogger(__name__)
 
+SAMPLE_COLUMNS = 5  # tiles per row of train's sample grid (`Trainer.sample_grid`)
 SUFFIXES = {"video/webm": ".webm", "video/mp4": ".mp4", "video/quicktime": ".mov", "video/x-matroska": ".mkv"}
 
 
@@ -219,10 +221,15 @@ class CreateRoutes:
 
 
 def _jpeg(path: Path) -> bytes | None:
-    image = cv2.imread(str(path))
-    if image is None:
+    """The sample strip of train's newest grid, as JPEG: its real frames in a row above the
+    avatar's (the grid's rows are frames, its columns real | generated | mask | renders)."""
+    grid = cv2.imread(str(path))
+    if grid is None or grid.shape[1] % SAMPLE_COLUMNS:
         return None
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    tile = grid.shape[1] // SAMPLE_COLUMNS
+    frames = [grid[i : i + tile] for i in range(0, grid.shape[0] - tile + 1, tile)]
+    strip = np.vstack([np.hstack([f[:, :tile] for f in frames]), np.hstack([f[:, tile : 2 * tile] for f in frames])])
+    ok, data = cv2.imencode(".jpg", strip, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return data.tobytes() if ok else None
 
 
