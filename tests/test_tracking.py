@@ -135,3 +135,40 @@ def test_driver_neutral_retargets_to_avatar_neutral(avatar_model: ExpressionMode
     opened = retarget(wide.blendshapes, neutral.pose.as_vector())
     gap = lambda lm: float(np.linalg.norm(lm[13, :2] - lm[14, :2]))  # noqa: E731
     assert gap(opened) > gap(expected) + 2.0
+
+
+def test_expression_model_opens_the_mouth_and_closes_the_eyes_as_far_as_the_person(
+    cap12_tracks: list[FaceTrack | None], avatar_model: ExpressionModel
+) -> None:
+    """A ridge that shrinks the rarely moved coefficients makes the live face open its mouth and
+    close its eyes less than the person did (with 1e-2: 0.75 and 0.51 of it on cap12's frames)."""
+    good = [t for t in cap12_tracks if t is not None]
+    shapes = np.stack([t.shape for t in good])
+    blend = np.stack([t.blendshapes for t in good])
+    fitted = np.stack([avatar_model.shape(b) for b in blend])
+
+    def gap(s: np.ndarray, a: int, b: int) -> np.ndarray:
+        return np.asarray(np.linalg.norm(s[:, a] - s[:, b], axis=-1))
+
+    opened = blend[:, BLENDSHAPE_NAMES.index("jawOpen")] > 0.25
+    assert opened.sum() >= 20
+    mouth = gap(fitted, 13, 14)[opened].mean() / gap(shapes, 13, 14)[opened].mean()
+    blink = blend[:, [BLENDSHAPE_NAMES.index("eyeBlinkLeft"), BLENDSHAPE_NAMES.index("eyeBlinkRight")]].mean(1)
+    closed, rest = blink > 0.3, blink < 0.1
+    assert closed.sum() >= 5
+    real, model = gap(shapes, 159, 145), gap(fitted, 159, 145)
+    eyes = (model[rest].mean() - model[closed].mean()) / (real[rest].mean() - real[closed].mean())
+    assert mouth > 0.9 and eyes > 0.85, (mouth, eyes)
+
+
+def test_a_drivers_blink_closes_the_avatars_eyes_past_its_tracked_range(avatar_model: ExpressionModel) -> None:
+    """Blinks are not clamped to the top of the avatar's range (few blinks in a training video)."""
+    left, right = BLENDSHAPE_NAMES.index("eyeBlinkLeft"), BLENDSHAPE_NAMES.index("eyeBlinkRight")
+    jaw = BLENDSHAPE_NAMES.index("jawOpen")
+    retarget = Retargeter(avatar_model)
+    asked = avatar_model.neutral_blendshapes.copy()
+    asked[[left, right]] = 0.95
+    asked[jaw] = 1.0
+    out = retarget.coefficients(asked)
+    assert out[left] > avatar_model.blend_range[1, left] + 0.3
+    assert out[jaw] <= max(avatar_model.blend_range[1, jaw], avatar_model.neutral_blendshapes[jaw])  # still clamped
