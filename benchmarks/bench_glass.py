@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,8 +48,84 @@ def _connect(url: str, camera: Path, seconds: float, codec: str, report: Path) -
     if done.returncode != 0:
         raise RuntimeError(f"avatarcam connect failed ({done.returncode}): {done.stderr[-2000:]}")
     full = json.loads(report.read_text())
-    keys = ("seconds", "frames_received", "fps", "glass_ms", "rtt_ms", "dropped", "audio_delay_ms", "server")
+    keys = ("seconds", "frames_received", "fps", "glass_ms", "split_ms", "rtt_ms", "dropped", "audio_delay_ms")
+    keys += ("server",)
     return {"command": " ".join(["avatarcam", *command[1:]]), **{k: full[k] for k in keys}}
+
+
+SPLIT_KEYS = ("glass", "uplink", "server", "downlink", "queue", "track", "render", "infer", "compose", "handoff")
+PAGE_KEYS = ("encode", "packet_send", "jitter_buffer", "jitter_target", "decode", "processing", "inter_frame")
+
+
+def split_figures(rows: list[dict[str, float]]) -> dict[str, object]:
+    """Percentiles of each segment over the page's joined frames, and how well the per-frame sum
+    of the three segments matches that frame's glass-to-glass (it should, to rounding)."""
+    out: dict[str, object] = {"frames": len(rows)}
+    for key in SPLIT_KEYS:
+        out[key] = percentiles([r[key] for r in rows], (50, 90, 99), scale=1, digits=1)
+    if rows:
+        gap = [abs(r["uplink"] + r["server"] + r["downlink"] - r["glass"]) for r in rows]
+        out["sum_gap_ms_max"] = round(max(gap), 3)
+        out["negative_segments"] = sum(1 for r in rows if min(r["uplink"], r["server"], r["downlink"]) < 0)
+    return out
+
+
+def page_figures(log: list[dict[str, object]]) -> dict[str, object]:
+    """Medians over the run of the browser's per-period means (getStats differences), ms."""
+    out: dict[str, object] = {}
+    for key in PAGE_KEYS:
+        values = [float(v) for e in log if isinstance(v := e.get(key), int | float)]
+        out[key] = round(float(np.median(values)), 2) if values else None
+    last = log[-1] if log else {}
+    out.update({k: last.get(k) for k in ("encoder", "decoder", "sent")})
+    return out
+
+
+def measure(page: Browser, live: LiveService, url: str, seconds: float, codec: str) -> dict[str, object]:
+    """Open the page at `url`, warm up, and collect `seconds` of glass-to-glass and its split."""
+    page.open(url)
+    page.wait_state({"running", "no-face", "connecting"}, timeout=60)
+    if codec != "vp8":
+        page.js(f"const c = document.getElementById('codec'); c.value = '{codec}';")
+        page.js("document.getElementById('codec').dispatchEvent(new Event('change'))")
+    page.wait_state({"running", "no-face"}, timeout=120)
+    wait_until(lambda: page.js("return window.avatarcam.glass.count") >= 30, 120, "warm-up samples")
+    page.js("const a = window.avatarcam; a.glass.log = []; a.split.rows.log = []; a.stats.log = []")
+    load = [os.getloadavg()[0]]
+    fps: list[float] = []
+    rtt: list[float] = []
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        if (v := page.value("stat-fps")) is not None:
+            fps.append(v)
+        if (v := page.value("stat-rtt")) is not None:
+            rtt.append(v)
+    load.append(os.getloadavg()[0])
+    glass = page.js("return window.avatarcam.glass.log")
+    rows = page.js("return window.avatarcam.split.rows.log")
+    session_id = page.text("session")
+    server = next(s for s in live.sessions() if s["id"] == session_id)
+    return {
+        "url_query": url.split("?", 1)[1] if "?" in url else "",
+        "transport": page.js("return window.avatarcam.transport"),
+        "load_1min": [round(x, 2) for x in load],
+        "video": page.text("video-info"),
+        "glass_ms": {
+            **(percentiles(glass, (50, 90, 99), scale=1, digits=1, samples=True) or {}),
+            "from": page.js("return window.avatarcam.camera.clockFrom"),
+        },
+        "split_ms": split_figures(rows),
+        "clock_error_ms": page.js("return window.avatarcam.clock.error"),
+        "page_ms": page_figures(page.js("return window.avatarcam.stats.log")),
+        "page_received_fps_median": round(float(np.median(fps)), 1) if fps else None,
+        "page_rtt_ms_median": round(float(np.median(rtt)), 1) if rtt else None,
+        "server": {k: server[k] for k in ("fps", "frames", "dropped", "stages_ms", "e2e_ms", "handoff_ms", "glass_ms")},
+    }
+
+
+def with_query(url: str, query: str) -> str:
+    return url if not query else url + ("&" if "?" in url else "?") + query
 
 
 def main() -> int:
@@ -56,37 +135,29 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="the service's engine device")
     parser.add_argument("--screenshots", type=Path, help="save screenshot.png and screenshot-dashboard.png here")
     parser.add_argument("--connect", action="store_true", help="then measure `avatarcam connect` on the same service")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=QUERY",
+                        help="page settings to compare (web/app.js readTransport), e.g. "
+                             "'jb0=jitter=0'; repeat; each round runs them all, in alternating order")  # fmt: skip
+    parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants (A B, B A, A B, ...)")
+    parser.add_argument("--serve-arg", action="append", default=[], help="one more argument for `avatarcam demo`")
     args = parser.parse_args()
+    variants = [tuple(v.split("=", 1)) if "=" in v else (v, "") for v in args.variant] or [("page", "")]
 
     with tempfile.TemporaryDirectory(prefix="bench-glass-") as tmp:
         camera = fake_camera(DRIVER, Path(tmp) / "camera.y4m", seconds=3, width=640, height=480)
-        live = LiveService(["demo", "--browser-cameras", "--no-virtualcam", "--port", "0", "--device", args.device])
+        demo = ["demo", "--browser-cameras", "--no-virtualcam", "--port", "0", "--device", args.device]
+        live = LiveService([*demo, *args.serve_arg])
         browsers: list[Browser] = []
         try:
             page = Browser(camera)
             browsers.append(page)
-            page.open(live.url)
-            page.wait_state({"running", "no-face", "connecting"}, timeout=60)
-            if args.codec != "vp8":
-                page.js(
-                    f"const c = document.getElementById('codec'); c.value = '{args.codec}';"
-                    "c.dispatchEvent(new Event('change'))"
-                )
-            page.wait_state({"running", "no-face"}, timeout=120)
-            wait_until(lambda: page.js("return window.avatarcam.glass.count") >= 30, 120, "warm-up samples")
-            page.js("window.avatarcam.glass.log = []")
-            fps: list[float] = []
-            rtt: list[float] = []
-            end = time.monotonic() + args.seconds
-            while time.monotonic() < end:
-                time.sleep(0.5)
-                if (v := page.value("stat-fps")) is not None:
-                    fps.append(v)
-                if (v := page.value("stat-rtt")) is not None:
-                    rtt.append(v)
-            glass = page.js("return window.avatarcam.glass.log")
-            session_id = page.text("session")
-            server = next(s for s in live.sessions() if s["id"] == session_id)
+            runs: list[dict[str, object]] = []
+            for n in range(args.rounds):
+                order = variants if n % 2 == 0 else variants[::-1]
+                for name, query in order:
+                    run = measure(page, live, with_query(live.url, query), args.seconds, args.codec)
+                    runs.append({"variant": name, "round": n, **run})
+                    print(f"round {n} {name}: glass {run['glass_ms']} split {run['split_ms']}", file=sys.stderr)
             if args.screenshots:
                 args.screenshots.mkdir(parents=True, exist_ok=True)
                 page.driver.save_screenshot(str(args.screenshots / "screenshot.png"))
@@ -96,18 +167,14 @@ def main() -> int:
                 wait_until(lambda: dash.js("return document.querySelectorAll('[data-session]').length"), 30, "a card")
                 time.sleep(15)  # let the charts draw some history: a picture, not a measurement
                 dash.driver.save_screenshot(str(args.screenshots / "screenshot-dashboard.png"))
-            result = {
+            result: dict[str, object] = {
                 "command": " ".join(["benchmarks/bench_glass.py", *sys.argv[1:]]),
                 "service": live.api("/api/info"),
-                "video": page.text("video-info"),
-                "glass_ms": {
-                    **(percentiles(glass, (50, 90, 99), scale=1, digits=1, samples=True) or {}),
-                    "from": page.js("return window.avatarcam.camera.clockFrom"),
-                },
-                "page_received_fps_median": round(float(np.median(fps)), 1) if fps else None,
-                "page_rtt_ms_median": round(float(np.median(rtt)), 1) if rtt else None,
-                "server": {k: server[k] for k in ("fps", "frames", "dropped", "stages_ms", "e2e_ms", "glass_ms")},
+                **({k: v for k, v in runs[0].items() if k not in ("variant", "round")} if len(runs) == 1 else {}),
             }
+            if len(runs) > 1:
+                result["runs"] = runs
+                result["medians"] = {name: summary([r for r in runs if r["variant"] == name]) for name, _ in variants}
             for browser in browsers:
                 browser.quit()
             browsers.clear()
@@ -119,6 +186,24 @@ def main() -> int:
                 browser.quit()
             code = live.stop()
     return code
+
+
+def summary(runs: list[dict[str, object]]) -> dict[str, object]:
+    """The median over a variant's runs of each run's p50s (and glass p99)."""
+
+    def med(get: Callable[[dict[str, Any]], Any]) -> float | None:
+        values = [float(v) for r in runs if isinstance(v := get(r), int | float)]
+        return round(float(np.median(values)), 1) if values else None
+
+    out: dict[str, object] = {"runs": len(runs), "glass_p50": med(lambda r: r["glass_ms"].get("p50")),
+                              "glass_p99": med(lambda r: r["glass_ms"].get("p99"))}  # fmt: skip
+    for key in SPLIT_KEYS[1:]:
+        out[key] = med(lambda r, k=key: (r["split_ms"].get(k) or {}).get("p50"))
+    for key in PAGE_KEYS:
+        out[f"page_{key}"] = med(lambda r, k=key: r["page_ms"].get(k))
+    out["fps"] = med(lambda r: r["page_received_fps_median"])
+    out["load"] = [x for r in runs for x in r["load_1min"]]
+    return out
 
 
 if __name__ == "__main__":

@@ -286,8 +286,7 @@ class Client:
         self.stats.sink.append(finished - frame.captured)
 
     def _on_message(self, data: dict[str, Any]) -> None:
-        if data.get("type") == "stats":
-            self.stats.server = data
+        self.stats.server_message(data)
 
     async def _report(self) -> None:
         """Once a second: sample the RTT, tell the server our glass-to-glass (its dashboard shows
@@ -302,9 +301,12 @@ class Client:
                 rtt = await link.rtt()
                 if rtt is not None:
                     self.stats.rtt.append(rtt)
+                link.send({"type": "clock", "t": self.clock.now()})
                 glass = figures(self.stats.glass[-WINDOW:])
                 if glass is not None:
-                    link.send({"type": "glass", "ms": glass["p50"]})
+                    split = self.stats.split_figures(self.stats.split.recent(WINDOW))
+                    medians = {k: v["p50"] for k, v in split.items() if isinstance(v, dict)} if split else None
+                    link.send({"type": "glass", "ms": glass["p50"], "split": medians})
             sink_dropped = sum(int(getattr(s, "dropped", 0)) for s in self.sinks)
             print(self.stats.line(self.state, sink_dropped), file=sys.stderr, flush=True)
 

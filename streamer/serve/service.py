@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import replace
@@ -69,6 +70,21 @@ def check_media_sections(sdp: str) -> None:
             raise RequestError(
                 400, f"the offer has {kinds.count(kind)} {kind} sections; send at most one video and one audio section"
             )
+
+
+def split_report(value: Any) -> dict[str, float | None] | None:
+    """A page's split of glass-to-glass (`streamer.core.split`: milliseconds by segment name),
+    or None when `value` is not one."""
+    if not isinstance(value, dict) or not 0 < len(value) <= 32:
+        return None
+    out: dict[str, float | None] = {}
+    for key, v in value.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[a-z_]{1,32}", key):
+            return None
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not abs(v) < 60_000):
+            return None
+        out[key] = None if v is None else round(float(v), 2)
+    return out
 
 
 class Service:
@@ -413,9 +429,13 @@ class Service:
             log.warning("peer %s sent a malformed message", peer.id)
             return
         session = peer.session or self.shared
-        if kind == "glass" and session is not None and isinstance(data.get("ms"), int | float):
+        if kind == "clock" and isinstance(data.get("t"), int | float):
+            self._send(peer, {"type": "clock", "t": data["t"], "server": self.clock.now()})
+        elif kind == "glass" and session is not None and isinstance(data.get("ms"), int | float):
             if 0 < data["ms"] < 60_000:
                 session.stats.glass_to_glass(data["ms"] / 1000)
+            if (split := split_report(data.get("split"))) is not None:
+                session.stats.split_reported(split)
         elif kind == "control" and session is not None:
             try:
                 if peer.session is None and not peer.operator:  # the shared session is everyone's
@@ -438,6 +458,7 @@ class Service:
                 continue
             snap = session.stats.snapshot()
             e2e = snap["e2e_ms"]
+            timed, peer.timed = session.stats.timed_since(peer.timed)
             self._send(
                 peer,
                 {
@@ -448,6 +469,7 @@ class Service:
                     "e2e_ms": e2e["p50"] if e2e else None,
                     "dropped": snap["dropped"],
                     "state": str(session.state),
+                    "frames": [t.wire() for t in timed],
                 },
             )
 
