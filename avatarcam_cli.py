@@ -434,6 +434,12 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--camera-resampler", choices=["cubic", "lanczos", "linear"], default="cubic", help="the avatar's upscaler"
     )
+    p.add_argument(
+        "--frame-release",
+        choices=["marker", "next"],
+        default="marker",
+        help="when a received video frame goes to the decoder: on its last packet, or (aiortc's own) one frame later",
+    )
     _add_security_options(p)
 
 
@@ -671,6 +677,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="stop this long after the first avatar frame (default: Ctrl-C)")
     p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="WebRTC codec, both ways")
     p.add_argument("--bitrate", type=int, default=1_000_000, help="starting WebRTC video bitrate, bits/s")
+    p.add_argument(
+        "--frame-release",
+        choices=["marker", "next"],
+        default="marker",
+        help="when a received video frame goes to the decoder: on its last packet, or (aiortc's own) one frame later",
+    )
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (none by default)")
     p.add_argument("--ice-username", help="TURN username (for turn: URLs)")
     _add_secret(p, "ice_credential", "TURN password (for turn: URLs)")

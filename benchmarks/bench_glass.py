@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +40,22 @@ from tests.browser import Browser, LiveService, fake_camera, wait_until  # noqa:
 DRIVER = ROOT.parent / "shared" / "data" / "512" / "drv_lp_d10_512.mp4"
 
 
-def _connect(url: str, camera: Path, seconds: float, codec: str, report: Path) -> dict[str, object]:
+def _connect(
+    url: str, camera: Path, seconds: float, codec: str, extra: tuple[str, ...], tmp: Path
+) -> dict[str, object]:
     """`avatarcam connect` with the page's camera clip as its camera, for `seconds` of avatar."""
     avatarcam = Path(sys.executable).with_name("avatarcam")
+    report = tmp / "connect.json"
     command = [str(avatarcam), "connect", url, "--video", str(camera), "--loop", "--sink", "null",
-               "--seconds", str(seconds), "--codec", codec, "--json", str(report)]  # fmt: skip
+               "--seconds", str(seconds), "--codec", codec, "--json", str(report), *extra]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 600)
     if done.returncode != 0:
         raise RuntimeError(f"avatarcam connect failed ({done.returncode}): {done.stderr[-2000:]}")
     full = json.loads(report.read_text())
     keys = ("seconds", "frames_received", "fps", "glass_ms", "split_ms", "rtt_ms", "dropped", "audio_delay_ms")
     keys += ("server",)
-    return {"command": " ".join(["avatarcam", *command[1:]]), **{k: full[k] for k in keys}}
+    load = round(os.getloadavg()[0], 2)
+    return {"command": " ".join(["avatarcam", *command[1:]]), "load_1min": load, **{k: full[k] for k in keys}}
 
 
 SPLIT_KEYS = ("glass", "uplink", "server", "downlink", "queue", "track", "render", "infer", "compose", "handoff")
@@ -135,29 +140,40 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="the service's engine device")
     parser.add_argument("--screenshots", type=Path, help="save screenshot.png and screenshot-dashboard.png here")
     parser.add_argument("--connect", action="store_true", help="then measure `avatarcam connect` on the same service")
-    parser.add_argument("--variant", action="append", default=[], metavar="NAME=QUERY",
-                        help="page settings to compare (web/app.js readTransport), e.g. "
-                             "'jb0=jitter=0'; repeat; each round runs them all, in alternating order")  # fmt: skip
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=QUERY[|SERVE ARGS[|CONNECT ARGS]]",
+                        help="settings to compare: the page's (web/app.js readTransport), e.g. 'jb0=jitter=0', and "
+                             "the service's and connect's arguments, e.g. 'next=|--frame-release next|--frame-release "
+                             "next'; repeat; each round runs them all, in alternating order")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=1, help="rounds of the variants (A B, B A, A B, ...)")
-    parser.add_argument("--serve-arg", action="append", default=[], help="one more argument for `avatarcam demo`")
     args = parser.parse_args()
-    variants = [tuple(v.split("=", 1)) if "=" in v else (v, "") for v in args.variant] or [("page", "")]
+    variants = [parse_variant(v) for v in args.variant] or [Variant("page", "", (), ())]
 
     with tempfile.TemporaryDirectory(prefix="bench-glass-") as tmp:
         camera = fake_camera(DRIVER, Path(tmp) / "camera.y4m", seconds=3, width=640, height=480)
         demo = ["demo", "--browser-cameras", "--no-virtualcam", "--port", "0", "--device", args.device]
-        live = LiveService([*demo, *args.serve_arg])
+        live: LiveService | None = None
+        live_args: tuple[str, ...] | None = None
         browsers: list[Browser] = []
+        code = 0
         try:
             page = Browser(camera)
             browsers.append(page)
-            runs: list[dict[str, object]] = []
+            runs: list[dict[str, Any]] = []
             for n in range(args.rounds):
-                order = variants if n % 2 == 0 else variants[::-1]
-                for name, query in order:
-                    run = measure(page, live, with_query(live.url, query), args.seconds, args.codec)
-                    runs.append({"variant": name, "round": n, **run})
-                    print(f"round {n} {name}: glass {run['glass_ms']} split {run['split_ms']}", file=sys.stderr)
+                for v in variants if n % 2 == 0 else variants[::-1]:
+                    if live is None or live_args != v.serve:
+                        if live is not None:
+                            page.open("about:blank")
+                            code = live.stop() or code
+                        live, live_args = LiveService([*demo, *v.serve]), v.serve
+                    run = measure(page, live, with_query(live.url, v.query), args.seconds, args.codec)
+                    run = {"variant": v.name, "round": n, "serve_args": list(v.serve), **run}
+                    if args.connect:
+                        page.open("about:blank")  # the page's session ends before connect's starts
+                        run["connect"] = _connect(live.url, camera, args.seconds, args.codec, v.connect, Path(tmp))
+                    runs.append(run)
+                    print(f"round {n} {v.name}: glass {run['glass_ms']} split {run['split_ms']}", file=sys.stderr)
+            assert live is not None
             if args.screenshots:
                 args.screenshots.mkdir(parents=True, exist_ok=True)
                 page.driver.save_screenshot(str(args.screenshots / "screenshot.png"))
@@ -170,25 +186,39 @@ def main() -> int:
             result: dict[str, object] = {
                 "command": " ".join(["benchmarks/bench_glass.py", *sys.argv[1:]]),
                 "service": live.api("/api/info"),
-                **({k: v for k, v in runs[0].items() if k not in ("variant", "round")} if len(runs) == 1 else {}),
             }
-            if len(runs) > 1:
+            if len(runs) == 1:
+                result.update({k: v for k, v in runs[0].items() if k not in ("variant", "round", "serve_args")})
+            else:
                 result["runs"] = runs
-                result["medians"] = {name: summary([r for r in runs if r["variant"] == name]) for name, _ in variants}
-            for browser in browsers:
-                browser.quit()
-            browsers.clear()
-            if args.connect:
-                result["connect"] = _connect(live.url, camera, args.seconds, args.codec, Path(tmp) / "connect.json")
+                result["medians"] = {v.name: summary([r for r in runs if r["variant"] == v.name]) for v in variants}
             print(json.dumps(result, indent=2))
         finally:
             for browser in browsers:
                 browser.quit()
-            code = live.stop()
+            if live is not None:
+                code = live.stop() or code
     return code
 
 
-def summary(runs: list[dict[str, object]]) -> dict[str, object]:
+@dataclass(frozen=True)
+class Variant:
+    """One side of an A/B: a name, the page's query, the service's and connect's extra arguments."""
+
+    name: str
+    query: str
+    serve: tuple[str, ...]
+    connect: tuple[str, ...]
+
+
+def parse_variant(text: str) -> Variant:
+    name, _, rest = text.partition("=")
+    query, _, rest = rest.partition("|")
+    serve, _, connect = rest.partition("|")
+    return Variant(name, query, tuple(serve.split()), tuple(connect.split()))
+
+
+def summary(runs: list[dict[str, Any]]) -> dict[str, object]:
     """The median over a variant's runs of each run's p50s (and glass p99)."""
 
     def med(get: Callable[[dict[str, Any]], Any]) -> float | None:
@@ -202,6 +232,13 @@ def summary(runs: list[dict[str, object]]) -> dict[str, object]:
     for key in PAGE_KEYS:
         out[f"page_{key}"] = med(lambda r, k=key: r["page_ms"].get(k))
     out["fps"] = med(lambda r: r["page_received_fps_median"])
+    if any("connect" in r for r in runs):
+        out["connect_glass_p50"] = med(lambda r: r.get("connect", {}).get("glass_ms", {}).get("p50"))
+        out["connect_glass_p99"] = med(lambda r: r.get("connect", {}).get("glass_ms", {}).get("p99"))
+        for key in ("uplink", "server", "downlink"):
+            out[f"connect_{key}"] = med(
+                lambda r, k=key: ((r.get("connect", {}).get("split_ms") or {}).get(k) or {}).get("p50")
+            )
     out["load"] = [x for r in runs for x in r["load_1min"]]
     return out
 

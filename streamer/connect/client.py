@@ -24,7 +24,7 @@ from streamer.connect.room import RoomLink, join, room_link
 from streamer.connect.stats import WINDOW, ConnectStats, figures
 from streamer.core.clock import Clock, MonotonicClock, Pacer
 from streamer.core.frames import U8, Frame
-from streamer.core.rtc import set_bitrate
+from streamer.core.rtc import set_bitrate, set_frame_release
 from streamer.provenance.identity import identity_record
 from streamer.provenance.watermark import Watermarker, identity_digest
 from streamer.sinks import open_sink
@@ -120,6 +120,7 @@ class Client:
             except _Retry as exc:
                 raise ConnectError(f"cannot join room {self.room.room}: {exc}") from None
         set_bitrate(config.bitrate)
+        set_frame_release(config.frame_release)
         self.watermark, identity = disclosure(self.info)
         context = SinkContext(
             self.clock,

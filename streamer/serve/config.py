@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from models.engines import ENGINES
-from streamer.core.rtc import CODECS
+from streamer.core.rtc import CODECS, FRAME_RELEASE
 from streamer.sinks.base import SinkSpec
 from streamer.sources.base import SourceSpec
 from streamer.stages.compose import ComposeConfig
@@ -59,6 +59,8 @@ class ServeConfig:
         ice_servers: STUN/TURN URLs for peers behind NAT (none by default: no third party).
         ice_username, ice_credential: the TURN servers' long-term credential.
         bitrate: starting video bitrate of WebRTC senders, bits/s.
+        frame_release: when the receivers hand a camera frame to the decoder (`streamer.core.rtc`):
+            "marker", on its last packet; "next", aiortc's own, one frame later.
         codec: default WebRTC codec (vp8 or h264); a page can ask for the other.
         virtualcam_backend: a pyvirtualcam backend name (None: the platform's).
         virtualcam_optional: without a virtual camera device, warn and go on (the demo).
@@ -96,6 +98,7 @@ class ServeConfig:
     ice_username: str | None = None
     ice_credential: str | None = None
     bitrate: int = 1_000_000
+    frame_release: str = "marker"
     codec: str = "vp8"
     virtualcam_backend: str | None = None
     virtualcam_optional: bool = False
@@ -115,6 +118,8 @@ class ServeConfig:
                 raise ValueError(f"avatar {path} does not exist; train and export one, or run `avatarcam demo`")
         if self.backend not in ENGINES:
             raise ValueError(f"unknown engine backend {self.backend!r}; choose one of {sorted(ENGINES)}")
+        if self.frame_release not in FRAME_RELEASE:
+            raise ValueError(f"frame_release must be one of {', '.join(FRAME_RELEASE)}, got {self.frame_release!r}")
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
         if self.max_sessions < 1 or self.offers_per_minute < 1 or self.bitrate < 50_000 or self.fps < 0:

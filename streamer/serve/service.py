@@ -23,7 +23,14 @@ from aiortc.contrib.media import MediaBlackhole
 from streamer.core.clock import Clock, MonotonicClock
 from streamer.core.frames import Background
 from streamer.core.metrics import Metrics
-from streamer.core.rtc import CODECS, ice_configuration, prefer_codec, set_bitrate, tolerate_closed_connects
+from streamer.core.rtc import (
+    CODECS,
+    ice_configuration,
+    prefer_codec,
+    set_bitrate,
+    set_frame_release,
+    tolerate_closed_connects,
+)
 from streamer.pipeline.engine_pool import EnginePool
 from streamer.pipeline.session import AvatarEntry, AvatarSession, SessionConfig
 from streamer.provenance.identity import is_demo_identity, public_identity
@@ -157,6 +164,7 @@ class Service:
         avatars and, for a camera or file source, start the shared session."""
         tolerate_closed_connects(asyncio.get_running_loop())
         set_bitrate(self.config.bitrate)
+        set_frame_release(self.config.frame_release)
         sinks = self._open_sinks()
         try:
             await self._load(sinks)
