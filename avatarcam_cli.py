@@ -440,6 +440,12 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
         default="marker",
         help="when a received video frame goes to the decoder: on its last packet, or (aiortc's own) one frame later",
     )
+    p.add_argument(
+        "--rtp-time",
+        choices=["capture", "send"],
+        default="capture",
+        help="what the avatar frames' RTP timestamps follow: the camera's capture times or their send times",
+    )
     _add_security_options(p)
 
 

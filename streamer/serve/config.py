@@ -59,6 +59,8 @@ class ServeConfig:
         ice_servers: STUN/TURN URLs for peers behind NAT (none by default: no third party).
         ice_username, ice_credential: the TURN servers' long-term credential.
         bitrate: starting video bitrate of WebRTC senders, bits/s.
+        rtp_time: what the avatar frames' RTP timestamps follow (`streamer.sinks.webrtc.AvatarTrack`):
+            "capture" (the camera's pacing) or "send" (the pacing they leave with).
         frame_release: when the receivers hand a camera frame to the decoder (`streamer.core.rtc`):
             "marker", on its last packet; "next", aiortc's own, one frame later.
         codec: default WebRTC codec (vp8 or h264); a page can ask for the other.
@@ -99,6 +101,7 @@ class ServeConfig:
     ice_credential: str | None = None
     bitrate: int = 1_000_000
     frame_release: str = "marker"
+    rtp_time: str = "capture"
     codec: str = "vp8"
     virtualcam_backend: str | None = None
     virtualcam_optional: bool = False
@@ -118,6 +121,8 @@ class ServeConfig:
                 raise ValueError(f"avatar {path} does not exist; train and export one, or run `avatarcam demo`")
         if self.backend not in ENGINES:
             raise ValueError(f"unknown engine backend {self.backend!r}; choose one of {sorted(ENGINES)}")
+        if self.rtp_time not in ("capture", "send"):
+            raise ValueError(f"rtp_time must be capture or send, got {self.rtp_time!r}")
         if self.frame_release not in FRAME_RELEASE:
             raise ValueError(f"frame_release must be one of {', '.join(FRAME_RELEASE)}, got {self.frame_release!r}")
         if self.codec not in CODECS:

@@ -312,7 +312,8 @@ class Service:
 
         config = self.config
         pc = RTCPeerConnection(ice_configuration(config.ice_servers, config.ice_username, config.ice_credential))
-        peer = Peer(f"peer-{secrets.token_hex(4)}", pc, AvatarTrack(self.clock), client=client, operator=operator)
+        track = AvatarTrack(self.clock, self.config.rtp_time)
+        peer = Peer(f"peer-{secrets.token_hex(4)}", pc, track, client=client, operator=operator)
         self.peers[peer.id] = peer
         try:
             await self._negotiate(peer, body["sdp"], codec, stamp, background)
