@@ -443,7 +443,7 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rtp-time",
         choices=["capture", "send"],
-        default="capture",
+        default="send",
         help="what the avatar frames' RTP timestamps follow: the camera's capture times or their send times",
     )
     _add_security_options(p)

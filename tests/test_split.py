@@ -4,15 +4,21 @@ receivers' frame release (streamer/core/rtc.py)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import aiortc.rtcrtpreceiver
+import numpy as np
 import pytest
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtp import RtpPacket
 
+from streamer.core.frames import Frame
 from streamer.core.metrics import Metrics, SessionStats
 from streamer.core.rtc import MarkerJitterBuffer, set_frame_release
 from streamer.core.split import ClockSync, FrameTimes, SplitJoin
 from streamer.serve.service import split_report
+from streamer.sinks.webrtc import AvatarTrack
+from tests.test_streamer import FakeClock
 
 
 def _times(tag: int, received: float, sent: float) -> FrameTimes:
@@ -142,3 +148,23 @@ def test_frame_release_switches_the_receivers_buffer() -> None:
             set_frame_release("soon")
     finally:
         aiortc.rtcrtpreceiver.JitterBuffer = before  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("rtp_time", "expected"), [("capture", [0, 3600, 7200]), ("send", [0, 4500, 18000])])
+def test_avatar_track_timestamps_follow_capture_or_send(rtp_time: str, expected: list[int]) -> None:
+    """Frames captured 40 ms apart but sent 50 and 150 ms apart (the pipeline's varying delay)."""
+    clock = FakeClock(1.0)
+    track = AvatarTrack(clock, rtp_time)
+
+    async def run() -> list[int]:
+        pts = []
+        for captured, sent in ((0.0, 1.0), (0.04, 1.05), (0.08, 1.2)):
+            clock.t = sent
+            track.send(Frame(np.zeros((16, 16, 3), np.uint8), captured, 0))
+            pts.append((await track.recv()).pts)
+        await track.close()
+        return pts
+
+    assert asyncio.run(run()) == expected
+    with pytest.raises(ValueError, match="capture, send"):
+        AvatarTrack(clock, "arrival")

@@ -101,7 +101,7 @@ class ServeConfig:
     ice_credential: str | None = None
     bitrate: int = 1_000_000
     frame_release: str = "marker"
-    rtp_time: str = "capture"
+    rtp_time: str = "send"
     codec: str = "vp8"
     virtualcam_backend: str | None = None
     virtualcam_optional: bool = False

@@ -29,13 +29,14 @@ class AvatarTrack(MediaStreamTrack):
         rtp_time: what the frames' RTP timestamps follow (RTP_TIME). "capture" gives the
             receiver's jitter buffer the camera's pacing, so the pipeline's varying delay reads as
             network jitter and the buffer grows to absorb it; "send" gives it the pacing frames
-            leave with, so only the network's own jitter is buffered.
+            leave with, so only the network's own jitter is buffered (the default: it halved the
+            browser's jitter buffer, docs/benchmarks.md). The stream carries no audio to keep in sync.
     """
 
     kind = "video"
     name = "webrtc"
 
-    def __init__(self, clock: Clock, rtp_time: str = "capture") -> None:
+    def __init__(self, clock: Clock, rtp_time: str = "send") -> None:
         super().__init__()
         if rtp_time not in RTP_TIME:
             raise ValueError(f"rtp_time must be one of {', '.join(RTP_TIME)}, not {rtp_time!r}")
