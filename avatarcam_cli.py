@@ -662,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bitrate", type=int, default=1_000_000, help="starting WebRTC video bitrate, bits/s")
     p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="default WebRTC codec")
     p.add_argument("--virtualcam-backend", help="pyvirtualcam backend (default: the platform's)")
+    p.add_argument(
+        "--virtualcam-pacing",
+        choices=["tick", "lock", "prompt"],
+        default="tick",
+        help="virtual camera: pictures on its own steady ticks, phase-locked ticks, or each new frame at once",
+    )
     _add_service_options(p)
     p.set_defaults(handler=_serve)
 
@@ -697,6 +703,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stamp", action="store_true", help="send no frame ids (no glass-to-glass figures)")
     p.add_argument("--json", type=Path, help="also write the final report (glass-to-glass, fps, drops) here")
     p.add_argument("--virtualcam-backend", help="pyvirtualcam backend (default: the platform's)")
+    p.add_argument(
+        "--virtualcam-pacing",
+        choices=["tick", "lock", "prompt"],
+        default="tick",
+        help="virtual camera: pictures on its own steady ticks, phase-locked ticks, or each new frame at once",
+    )
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(handler=_connect)
 

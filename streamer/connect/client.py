@@ -126,6 +126,7 @@ class Client:
             self.clock,
             config.fps,
             virtualcam_backend=config.virtualcam_backend,
+            virtualcam_pacing=config.virtualcam_pacing,
             identity=(lambda: identity) if identity is not None else None,
             watermark=self.watermark,
             title=f"avatarcam: {config.base}",

@@ -42,6 +42,7 @@ class ConnectConfig:
         stamp: paint frame ids into sent frames (glass-to-glass); they are visible at the top
             left of the avatar frames.
         virtualcam_backend: a pyvirtualcam backend name (None: the platform's).
+        virtualcam_pacing: when the virtual camera hands pictures to the device, as `serve --virtualcam-pacing`.
         stall_seconds: no avatar frame for this long means the link is lost: reconnect.
         first_frame_seconds: how long a new link may take to deliver its first avatar frame.
         max_backoff: the longest wait between two reconnection attempts, seconds.
@@ -67,6 +68,7 @@ class ConnectConfig:
     max_width: int = 640
     stamp: bool = True
     virtualcam_backend: str | None = None
+    virtualcam_pacing: str = "tick"
     stall_seconds: float = 2.0
     first_frame_seconds: float = 30.0
     max_backoff: float = 3.0

@@ -65,6 +65,8 @@ class ServeConfig:
             "marker", on its last packet; "next", aiortc's own, one frame later.
         codec: default WebRTC codec (vp8 or h264); a page can ask for the other.
         virtualcam_backend: a pyvirtualcam backend name (None: the platform's).
+        virtualcam_pacing: when the virtual camera hands pictures to the device (tick, lock, prompt:
+            `streamer.sinks.base.SinkContext`).
         virtualcam_optional: without a virtual camera device, warn and go on (the demo).
         shutdown_timeout: seconds to close peers and sessions on SIGINT/SIGTERM before cancelling.
         web_root: folder of the page and dashboard.
@@ -105,6 +107,7 @@ class ServeConfig:
     codec: str = "vp8"
     virtualcam_backend: str | None = None
     virtualcam_optional: bool = False
+    virtualcam_pacing: str = "tick"
     shutdown_timeout: float = 5.0
     web_root: Path = Path(__file__).resolve().parents[2] / "web"
 

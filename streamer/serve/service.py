@@ -142,6 +142,7 @@ class Service:
             config.fps or 30.0,
             config.framing,
             config.virtualcam_backend,
+            virtualcam_pacing=config.virtualcam_pacing,
             identity=lambda: self.default_avatar.avatar.identity,  # a recording's credentials name it
         )
         sinks: list[Sink] = []

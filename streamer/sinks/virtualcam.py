@@ -19,6 +19,8 @@ from streamer.stages.card import card
 from streamer.stages.framing import Framer, FramingConfig
 
 log = logging.getLogger(__name__)
+PACING = ("tick", "lock", "prompt")
+"""When the sink hands pictures to the device (`VirtualCamSink`'s phase_lock and prompt)."""
 HANDOFFS_KEPT = 3000  # the engine-to-device times kept (100 s at 30 fps)
 
 
@@ -56,15 +58,21 @@ class VirtualCamSink:
             Off by default: it has not been shown to help (docs/benchmarks.md, "The virtual
             camera's phase lock"); `benchmarks/bench_virtualcam.py --phase-lock both` measures it.
         prompt: hand each new avatar frame to the device as soon as it comes, instead of on the
-            next tick; the ticks then only repeat the last picture (or show a card) when no frame
-            came for a period. The wait for a tick is half a period on average (17 ms at 30 fps).
+            next tick (the wait for a tick is half a period on average, 17 ms at 30 fps); the last
+            picture (or a card) is repeated one period after the last one when no frame came.
+            The device then gets at least `fps` pictures a second but at uneven intervals, so
+            it is off by default (docs/benchmarks.md, "The virtual camera's share").
     """
 
     name = "virtualcam"
 
     @classmethod
     def open(cls, target: str, context: SinkContext) -> VirtualCamSink:
-        sink = cls(context.framing, context.fps, context.clock, context.virtualcam_backend, watermark=context.watermark)
+        pacing = context.virtualcam_pacing
+        if pacing not in PACING:
+            raise SinkError(f"virtual camera pacing must be one of {', '.join(PACING)}, not {pacing!r}")
+        sink = cls(context.framing, context.fps, context.clock, context.virtualcam_backend, watermark=context.watermark,
+                   phase_lock=pacing == "lock", prompt=pacing == "prompt")  # fmt: skip
         sink.start()  # the starting card from the first tick, while the avatar loads
         return sink
 
@@ -103,6 +111,7 @@ class VirtualCamSink:
         self.handoff_parts: deque[tuple[float, float, float]] = deque(maxlen=HANDOFFS_KEPT)
         self.prompt = prompt
         self._arrived = asyncio.Event()
+        self._last_turn = clock.now()
         self._last_frame_at: float | None = None
         self._picture: U8 | None = None
         self._started_at = clock.now()
@@ -181,11 +190,13 @@ class VirtualCamSink:
             if self.lock is not None:
                 self.pacer.shift(self.lock.correction())
             return await self.pacer.wait()
-        if not self._fresh:
+        if not self._fresh:  # a repeat one period after the last picture, unless a frame comes first
+            timeout = max(0.0, self._last_turn + self.pacer.period - self.clock.now())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), self.pacer.period)
+                await asyncio.wait_for(self._arrived.wait(), timeout)
         self._arrived.clear()
-        return self.clock.now()
+        self._last_turn = self.clock.now()
+        return self._last_turn
 
     async def _publish(self) -> None:
         loop = asyncio.get_running_loop()
