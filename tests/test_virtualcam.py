@@ -26,7 +26,7 @@ from streamer.pipeline.idle import IdleConfig, blink_at
 from streamer.provenance.identity import DEMO_AVATAR
 from streamer.serve.config import ServeConfig
 from streamer.serve.service import Service
-from streamer.sinks.base import SinkError, SinkSpec
+from streamer.sinks.base import SinkContext, SinkError, SinkSpec
 from streamer.sinks.virtualcam import VirtualCamSink
 from streamer.sources.base import SourceSpec
 from streamer.stages.card import card
@@ -239,6 +239,20 @@ def test_prompt_sink_hands_a_new_frame_on_at_once_and_repeats_it_each_period(rec
     else:
         assert handoff > 0.5, handoff  # waited for the next tick
     assert sink.repeated >= 1  # no new frame for a period: the last picture again
+
+
+def test_sink_pacing_comes_from_the_context(recording: str) -> None:
+    async def opened(pacing: str) -> tuple[bool, bool]:
+        context = SinkContext(FakeClock(), virtualcam_backend=recording, virtualcam_pacing=pacing)
+        sink = VirtualCamSink.open("", context)
+        await sink.close()
+        return sink.prompt, sink.lock is not None
+
+    assert asyncio.run(opened("tick")) == (False, False)
+    assert asyncio.run(opened("lock")) == (False, True)
+    assert asyncio.run(opened("prompt")) == (True, False)
+    with pytest.raises(SinkError, match="tick, lock, prompt"):
+        asyncio.run(opened("soon"))
 
 
 def test_status_is_what_the_card_says_until_a_frame_comes_and_after_it_goes_stale(recording: str) -> None:
