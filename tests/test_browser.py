@@ -217,7 +217,7 @@ def test_page_shows_the_avatar_its_stats_and_glass_to_glass(
     assert len(positive) >= 0.95 * len(rows), rows[:5]  # a wrong clock offset makes one side negative
     assert browser.js("return window.avatarcam.clock.error") < 20
     server_part = float(np.median([r["server"] for r in rows]))
-    reported = wait_until(lambda: (s := _session(service, session_id)) and s["split_ms"], 10, "the split reported")
+    reported = wait_until(lambda: (s := _session(service, session_id)) and s["split_ms"] and s, 10, "the split")
     e2e_p50 = reported["e2e_ms"]["p50"]  # the server's own capture-to-sink, over its recent frames
     assert abs(server_part - e2e_p50) <= max(15.0, 0.4 * e2e_p50), (server_part, e2e_p50)
     split = reported["split_ms"]
