@@ -10,7 +10,16 @@ service's figures. Needs Debian's chromium and chromium-driver (`make browser-se
 With --connect, `avatarcam connect` then sends the same clip to the same service for the same
 time, after the page has closed, and its own glass-to-glass report is printed beside the page's.
 
+Each frame's glass-to-glass is split into uplink (capture -> service received), server (received
+-> handed to the encoder, with its stages) and downlink (-> displayed), joined by frame id with
+the times the service sends over the data channel (`split_ms`, and connect's), beside the
+browser's own per-frame means from getStats() (`page_ms`: encode, jitter buffer, decode, ...).
+--variant NAME=QUERY|SERVE ARGS|CONNECT ARGS (repeated) compares settings in one run, in
+alternating order over --rounds, each on its own service when its arguments differ; `medians`
+then holds the median of each side's p50s.
+
     .venv/bin/python benchmarks/bench_glass.py --seconds 60 [--connect] [--screenshots web/]
+        [--rounds 3 --variant "before=|--frame-release next --rtp-time capture" --variant "after="]
 """
 
 from __future__ import annotations
