@@ -183,15 +183,6 @@ def main() -> int:
                     runs.append(run)
                     print(f"round {n} {v.name}: glass {run['glass_ms']} split {run['split_ms']}", file=sys.stderr)
             assert live is not None
-            if args.screenshots:
-                args.screenshots.mkdir(parents=True, exist_ok=True)
-                page.driver.save_screenshot(str(args.screenshots / "screenshot.png"))
-                dash = Browser(None, size=(1280, 1250))
-                browsers.append(dash)
-                dash.open(live.base + "/dashboard")
-                wait_until(lambda: dash.js("return document.querySelectorAll('[data-session]').length"), 30, "a card")
-                time.sleep(15)  # let the charts draw some history: a picture, not a measurement
-                dash.driver.save_screenshot(str(args.screenshots / "screenshot-dashboard.png"))
             result: dict[str, object] = {
                 "command": " ".join(["benchmarks/bench_glass.py", *sys.argv[1:]]),
                 "service": live.api("/api/info"),
@@ -201,6 +192,18 @@ def main() -> int:
             else:
                 result["runs"] = runs
                 result["medians"] = {v.name: summary([r for r in runs if r["variant"] == v.name]) for v in variants}
+            if args.screenshots:  # after the figures: the dashboard needs the page's session running again
+                if args.connect:
+                    page.open(live.url)
+                    page.wait_state({"running", "no-face"}, timeout=120)
+                args.screenshots.mkdir(parents=True, exist_ok=True)
+                dash = Browser(None, size=(1280, 1250))
+                browsers.append(dash)
+                dash.open(live.base + "/dashboard")
+                wait_until(lambda: dash.js("return document.querySelectorAll('[data-session]').length"), 30, "a card")
+                time.sleep(15)  # let the charts draw some history: a picture, not a measurement
+                page.driver.save_screenshot(str(args.screenshots / "screenshot.png"))
+                dash.driver.save_screenshot(str(args.screenshots / "screenshot-dashboard.png"))
             print(json.dumps(result, indent=2))
         finally:
             for browser in browsers:
