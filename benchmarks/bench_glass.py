@@ -199,7 +199,7 @@ def main() -> int:
                 args.screenshots.mkdir(parents=True, exist_ok=True)
                 dash = Browser(None, size=(1280, 1250))
                 browsers.append(dash)
-                dash.open(live.base + "/dashboard")
+                dash.open(live.operator_url)  # the dashboard with the operator credential
                 wait_until(lambda: dash.js("return document.querySelectorAll('[data-session]').length"), 30, "a card")
                 time.sleep(15)  # let the charts draw some history: a picture, not a measurement
                 page.driver.save_screenshot(str(args.screenshots / "screenshot.png"))
