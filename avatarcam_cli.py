@@ -437,6 +437,18 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--create-dir", type=Path, help="uploads, jobs and avatars of the /create page (default: <cache>/create)"
     )
+    p.add_argument(
+        "--frame-release",
+        choices=["marker", "next"],
+        default="marker",
+        help="when a received video frame goes to the decoder: on its last packet, or (aiortc's own) one frame later",
+    )
+    p.add_argument(
+        "--rtp-time",
+        choices=["capture", "send"],
+        default="send",
+        help="what the avatar frames' RTP timestamps follow: the camera's capture times or their send times",
+    )
     _add_security_options(p)
 
 
@@ -659,6 +671,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bitrate", type=int, default=1_000_000, help="starting WebRTC video bitrate, bits/s")
     p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="default WebRTC codec")
     p.add_argument("--virtualcam-backend", help="pyvirtualcam backend (default: the platform's)")
+    p.add_argument(
+        "--virtualcam-pacing",
+        choices=["tick", "lock", "prompt"],
+        default="tick",
+        help="virtual camera: pictures on its own steady ticks, phase-locked ticks, or each new frame at once",
+    )
     _add_service_options(p)
     p.set_defaults(handler=_serve)
 
@@ -680,6 +698,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seconds", type=float, help="stop this long after the first avatar frame (default: Ctrl-C)")
     p.add_argument("--codec", choices=["vp8", "h264"], default="vp8", help="WebRTC codec, both ways")
     p.add_argument("--bitrate", type=int, default=1_000_000, help="starting WebRTC video bitrate, bits/s")
+    p.add_argument(
+        "--frame-release",
+        choices=["marker", "next"],
+        default="marker",
+        help="when a received video frame goes to the decoder: on its last packet, or (aiortc's own) one frame later",
+    )
     p.add_argument("--ice-server", action="append", default=[], help="STUN/TURN URL (none by default)")
     p.add_argument("--ice-username", help="TURN username (for turn: URLs)")
     _add_secret(p, "ice_credential", "TURN password (for turn: URLs)")
@@ -688,6 +712,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stamp", action="store_true", help="send no frame ids (no glass-to-glass figures)")
     p.add_argument("--json", type=Path, help="also write the final report (glass-to-glass, fps, drops) here")
     p.add_argument("--virtualcam-backend", help="pyvirtualcam backend (default: the platform's)")
+    p.add_argument(
+        "--virtualcam-pacing",
+        choices=["tick", "lock", "prompt"],
+        default="tick",
+        help="virtual camera: pictures on its own steady ticks, phase-locked ticks, or each new frame at once",
+    )
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(handler=_connect)
 

@@ -96,7 +96,8 @@ def main() -> None:
     print(f"train {args.train.name}: {len(train[0])} frames; test {args.test.name}: {len(test[0])} frames")
     print("ridge     landmark error  mouth ratio  eye ratio")
     for row in rows:
-        print(f"{row['ridge']:<9g} {row['landmark_error']:.4f}          {row['mouth_ratio']:.2f}         {row['eye_ratio']:.2f}")
+        ridge, error, mouth, eyes = (row[k] for k in ("ridge", "landmark_error", "mouth_ratio", "eye_ratio"))
+        print(f"{ridge:<9g} {error:.4f}          {mouth:.2f}         {eyes:.2f}")
     print(f"(open-mouth test frames: {rows[0]['open_mouth_frames']}, blink test frames: {rows[0]['blink_frames']})")
     if args.json:
         args.json.write_text(json.dumps({"train": str(args.train), "test": str(args.test), "rows": rows}, indent=2))

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_virtualcam.py [AVATAR] [--camera-size 1280x720] [--seconds 20]
         [--backend onnx] [--source VIDEO] [--source-fps 30] [--camera-fps 30]
-        [--phase-lock both|on|off] [--rounds N]
+        [--phase-lock both|on|off | --pacing tick,lock,prompt] [--rounds N]
         [--json OUT.json] [--screenshot OUT.jpg]
 
 The real service (`Service`: file source paced in real time, the whole pipeline, the virtual
@@ -13,7 +13,8 @@ their interval p50/p99/max, the rate of new avatar pictures among them (the sink
 last picture on a tick without a new one), beside the rate the pipeline made avatar frames at
 and what it dropped (a new frame lands between two ticks with some jitter: two in one interval
 and the first is never shown), ticks the sink missed,
-the camera stage's cost (framing + send) and end-to-end latency. `--screenshot` saves one of
+the camera stage's cost (framing + send) and end-to-end latency, and the engine-to-device time
+split into its wait for the sink's turn, the framing and the hand-over to the device. `--screenshot` saves one of
 the device's own pictures (docs/live.md, "What the meeting sees").
 """
 
@@ -75,7 +76,9 @@ class Capture:
         pass
 
 
-async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, pacing: str) -> dict[str, Any]:
+    """One run with the sink's pacing: "tick" (its own grid), "lock" (the phase lock), "prompt"."""
+    phase_lock = pacing == "lock"
     with Capture.lock:
         Capture.times, Capture.digests, Capture.kept = [], [], None
     size = CameraSize.parse(args.camera_size)
@@ -100,11 +103,13 @@ async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
     camera = next(s for s in service.shared.sinks if isinstance(s, VirtualCamSink))
     # off, the baseline: ticks on the sink's own grid, whatever the frames do (the sink's default)
     camera.lock = PhaseLock(camera.pacer.period) if phase_lock else None
+    camera.prompt = pacing == "prompt"
     await asyncio.sleep(args.warmup)
     stats = service.shared.stats
     start, missed0, sent0 = time.monotonic(), camera.pacer.missed, camera.sent
     repeated0, sink_dropped0 = camera.repeated, camera.dropped
     camera.handoffs.clear()
+    camera.handoff_parts.clear()
     made0, dropped0 = stats.frames, stats.dropped
     Capture.keep_at = start + args.seconds / 2
     await asyncio.sleep(args.seconds)
@@ -113,6 +118,7 @@ async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
     missed, sent = camera.pacer.missed - missed0, camera.sent - sent0
     repeated, sink_dropped = camera.repeated - repeated0, camera.dropped - sink_dropped0
     handoffs = list(camera.handoffs)
+    parts = np.array(list(camera.handoff_parts)).reshape(-1, 3)
     made, dropped = stats.frames - made0, stats.dropped - dropped0
     await service.shutdown()
 
@@ -124,6 +130,7 @@ async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
     new = sum(1 for a, b in itertools.pairwise(digests) if a != b)
     intervals = np.diff(times)
     return {
+        "pacing": pacing,
         "phase_lock": phase_lock,
         "phase_shifted_ms": round(camera.lock.shifted * 1000, 1) if camera.lock else None,
         "phase_agreement": round(camera.lock.agreement, 3) if camera.lock else None,
@@ -143,6 +150,7 @@ async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
         "ticks_repeated": repeated,
         "sink_dropped": sink_dropped,
         "engine_to_device_ms": percentiles(handoffs),
+        "engine_to_device_split_ms": {k: percentiles(parts[:, i]) for i, k in enumerate(("wait", "framing", "send"))},
         "camera_stage_ms": snap["stages_ms"].get("sink"),
         "e2e_ms": snap["e2e_ms"],
         "first_picture_after_s": round(first_picture - opened, 3) if first_picture else None,
@@ -152,8 +160,8 @@ async def measure(args: argparse.Namespace, phase_lock: bool) -> dict[str, Any]:
     }
 
 
-def _name(phase_lock: bool) -> str:
-    return "phase_lock_on" if phase_lock else "phase_lock_off"
+def _name(pacing: str) -> str:
+    return {"tick": "phase_lock_off", "lock": "phase_lock_on"}.get(pacing, pacing)
 
 
 MEDIAN_KEYS = ("device_fps", "new_pictures_per_s", "avatar_frames_per_s", "ticks_repeated", "sink_dropped")
@@ -168,6 +176,10 @@ def _median(runs: list[dict[str, Any]]) -> dict[str, Any]:
         for q in ("p50", "p99"):
             values = [r[key][q] for r in runs if r[key]]
             out[f"{key}_{q}"] = round(float(np.median(values)), 2) if values else None
+    for part in ("wait", "framing", "send"):
+        values = [r["engine_to_device_split_ms"][part]["p50"] for r in runs if r["engine_to_device_split_ms"][part]]
+        out[f"engine_to_device_{part}_p50"] = round(float(np.median(values)), 2) if values else None
+    out["load_average_1m"] = [r["load_average_1m"] for r in runs]
     return out
 
 
@@ -189,6 +201,11 @@ def main() -> None:
         default="both",
         help="the sink's phase lock; both measures off (the baseline) and on, alternately, in one run",
     )
+    parser.add_argument(
+        "--pacing",
+        help="the sink's pacing to compare, comma-separated: tick (its own grid, the default), lock (the phase "
+        "lock), prompt (each new frame at once); overrides --phase-lock",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="runs of each side (alternating order)")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--screenshot", type=Path)
@@ -196,11 +213,15 @@ def main() -> None:
     pyvirtualcam.register_backend("bench-capture", Capture)
     if args.rounds < 1:
         parser.error("--rounds must be >= 1")
-    sides = (False, True) if args.phase_lock == "both" else (args.phase_lock == "on",)
+    sides = {"both": ("tick", "lock"), "on": ("lock",), "off": ("tick",)}[args.phase_lock]
+    if args.pacing:
+        sides = tuple(args.pacing.split(","))
+        if not set(sides) <= {"tick", "lock", "prompt"}:
+            parser.error("--pacing takes tick, lock and prompt")
     runs: dict[str, list[dict[str, Any]]] = {_name(side): [] for side in sides}
     for round_ in range(args.rounds):  # off, on, then on, off, ...: neither side always goes first
-        for phase_lock in sides if round_ % 2 == 0 else sides[::-1]:
-            runs[_name(phase_lock)].append(asyncio.run(measure(args, phase_lock)))
+        for pacing in sides if round_ % 2 == 0 else sides[::-1]:
+            runs[_name(pacing)].append(asyncio.run(measure(args, pacing)))
     report: dict[str, Any] = {"rounds": args.rounds, "runs": runs, "median": {k: _median(v) for k, v in runs.items()}}
     print(json.dumps(report, indent=2))
     if args.json:

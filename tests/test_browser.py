@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -204,6 +205,25 @@ def test_page_shows_the_avatar_its_stats_and_glass_to_glass(
     )
     assert on_server["glass_ms"]["p50"] > 0
 
+    # Where it goes: each frame's uplink + server + downlink, joined by frame id with the server's
+    # times, on a clock offset from pings; the browser's own figures from getStats().
+    rows = wait_until(lambda: (r := browser.js("return window.avatarcam.split.rows.log")) and len(r) >= 30 and r,
+                      60, "30 frames split")  # fmt: skip
+    glass_count = browser.js("return window.avatarcam.glass.count")
+    assert len(rows) >= 0.8 * glass_count - 30, (len(rows), glass_count)  # most frames joined
+    for row in rows:
+        assert row["uplink"] + row["server"] + row["downlink"] == pytest.approx(row["glass"], abs=0.1), row
+    positive = [r for r in rows if r["uplink"] > 0 and r["downlink"] > 0 and r["server"] > 0]
+    assert len(positive) >= 0.95 * len(rows), rows[:5]  # a wrong clock offset makes one side negative
+    assert browser.js("return window.avatarcam.clock.error") < 20
+    server_part = float(np.median([r["server"] for r in rows]))
+    reported = wait_until(lambda: (s := _session(service, session_id)) and s["split_ms"] and s, 10, "the split")
+    e2e_p50 = reported["e2e_ms"]["p50"]  # the server's own capture-to-sink, over its recent frames
+    assert abs(server_part - e2e_p50) <= max(15.0, 0.4 * e2e_p50), (server_part, e2e_p50)
+    split = reported["split_ms"]
+    assert {"uplink", "server", "downlink", "jitter_buffer", "decode", "encode"} <= split.keys()
+    assert split["jitter_buffer"] is not None and split["decode"] is not None and split["encode"] is not None
+
     browser.screenshot("page.png")
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "page-latency.json").write_text(
@@ -213,6 +233,7 @@ def test_page_shows_the_avatar_its_stats_and_glass_to_glass(
                 "glass_ms_median": round(glass, 1),
                 "glass_samples": count,
                 "glass_ms_server": on_server["glass_ms"],
+                "split_ms_reported": split,
                 "server_e2e_ms": on_server["e2e_ms"],
                 "server_stages_ms": on_server["stages_ms"],
                 "received_fps": fps,
@@ -250,6 +271,10 @@ def test_dashboard_shows_the_live_sessions_numbers(service: LiveService, camera:
     assert before["frames"] < (shown["frames"] or 0) <= after["frames"]
     assert before["dropped"] <= (shown["dropped"] or 0) <= after["dropped"]
     assert (shown["fps"] or 0) > 0 and (shown["e2e"] or 0) > 0 and (shown["glass"] or 0) > 0
+    # The page's split of glass-to-glass, as its report reached the service.
+    wait_until(lambda: (field("split") or 0) > 0, 30, "the split on the card")
+    text = dash.js(f"return document.querySelector('{card} [data-field=split]').textContent")
+    assert re.fullmatch(r"\d+ = \d+ \+ \d+ \+ \d+ ms", text), text
 
     stages = dash.js(
         f"return Object.fromEntries([...document.querySelectorAll('{card} tr[data-stage]')]"

@@ -206,6 +206,13 @@ def test_connect_video_into_a_file_through_a_real_server(
     assert glass["samples"] >= 50 and 0 < glass["p50"] <= glass["p99"] < 10_000
     assert np.isfinite([glass["p50"], glass["p99"], report["audio_delay_ms"], report["fps"]]).all()
     assert report["audio_delay_ms"] >= glass["p50"]  # the video's delay up to the sink
+    split = report["split_ms"]  # where it went: joined by frame id with the server's times
+    assert split["frames"] >= 0.8 * glass["samples"], (split["frames"], glass["samples"])
+    for key in ("uplink", "server", "downlink"):
+        assert split[key]["p50"] > 0, split
+    total = split["uplink"]["p50"] + split["server"]["p50"] + split["downlink"]["p50"]
+    assert total == pytest.approx(split["glass"]["p50"], rel=0.25), split  # medians: not an exact sum
+    assert split["clock_error_ms"] is not None and split["clock_error_ms"] < 20
     assert report["rtt_ms"] is not None and report["rtt_ms"]["p50"] >= 0
     assert report["server"]["type"] == "stats" and report["reconnects"] == 0
     lines = [line for line in result.stderr.splitlines() if "glass-to-glass p50" in line]

@@ -20,12 +20,13 @@ import numpy as np
 import pytest
 import pyvirtualcam
 
+from streamer.core.clock import MonotonicClock
 from streamer.core.frames import Background, Frame, Layers
 from streamer.pipeline.idle import IdleConfig, blink_at
 from streamer.provenance.identity import DEMO_AVATAR
 from streamer.serve.config import ServeConfig
 from streamer.serve.service import Service
-from streamer.sinks.base import SinkError, SinkSpec
+from streamer.sinks.base import SinkContext, SinkError, SinkSpec
 from streamer.sinks.virtualcam import VirtualCamSink
 from streamer.sources.base import SourceSpec
 from streamer.stages.card import card
@@ -211,6 +212,47 @@ def test_sink_ticks_on_absolute_deadlines_card_then_frames_then_waiting_card(rec
     assert sink.repeated == sink.sent - sink.cards - 1  # one fresh picture, then repeats of it
     # Engine to device: the one fresh frame waited for the next tick (the fake clock jumps there).
     assert len(sink.handoffs) == 1 and 0 < sink.handoffs[0] <= 1 / 30 + 1e-9
+
+
+@pytest.mark.parametrize("prompt", [False, True], ids=["tick", "prompt"])
+def test_prompt_sink_hands_a_new_frame_on_at_once_and_repeats_it_each_period(recording: str, prompt: bool) -> None:
+    """At 1 fps a frame sent just after a tick waits most of a second on the tick grid; prompt,
+    it goes to the device at once. Either way the parts of engine-to-device add up to it."""
+    clock = MonotonicClock()
+
+    async def run() -> VirtualCamSink:
+        sink = VirtualCamSink(FramingConfig(size=CameraSize(640, 480)), 1, clock, backend=recording, prompt=prompt)
+        sink.start()
+        await asyncio.to_thread(RecordingCamera.wait_for, 1)  # the starting card, on a tick
+        await asyncio.sleep(0.05)
+        sink.send(Frame(_layers().image, clock.now(), 0, layers=_layers()))
+        await asyncio.to_thread(RecordingCamera.wait_for, 4, 10.0)  # the frame, then repeats of it
+        await sink.close()
+        return sink
+
+    sink = asyncio.run(run())
+    (handoff,) = sink.handoffs
+    (parts,) = sink.handoff_parts
+    assert sum(parts) == pytest.approx(handoff) and min(parts) >= 0
+    if prompt:
+        assert handoff < 0.5, handoff  # not on the next tick, nearly a second away
+    else:
+        assert handoff > 0.5, handoff  # waited for the next tick
+    assert sink.repeated >= 1  # no new frame for a period: the last picture again
+
+
+def test_sink_pacing_comes_from_the_context(recording: str) -> None:
+    async def opened(pacing: str) -> tuple[bool, bool]:
+        context = SinkContext(FakeClock(), virtualcam_backend=recording, virtualcam_pacing=pacing)
+        sink = VirtualCamSink.open("", context)
+        await sink.close()
+        return sink.prompt, sink.lock is not None
+
+    assert asyncio.run(opened("tick")) == (False, False)
+    assert asyncio.run(opened("lock")) == (False, True)
+    assert asyncio.run(opened("prompt")) == (True, False)
+    with pytest.raises(SinkError, match="tick, lock, prompt"):
+        asyncio.run(opened("soon"))
 
 
 def test_status_is_what_the_card_says_until_a_frame_comes_and_after_it_goes_stale(recording: str) -> None:

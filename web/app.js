@@ -24,6 +24,7 @@ const MAX_BACKOFF_S = 8;
 
 const $ = (id) => document.getElementById(id);
 const token = new URLSearchParams(location.search).get("token");
+const transport = readTransport(); // how the page's WebRTC is tuned for latency (readTransport below)
 const roomLink = readRoomLink(); // null: serve's page; else { room, role, token } of a gateway's room link
 // The service answered this address with a cookie for the token (an opaque value, not the token):
 // take the token out of the address bar, so history, bookmarks, screenshots and shared links lack it.
@@ -192,6 +193,157 @@ class Window {
   }
 }
 
+// ---- where the glass-to-glass time goes (as streamer/core/split.py) ----
+
+const SPLIT_PENDING_MS = 5000; // half of a join older than this is dropped (a lost frame, a wrapped id)
+const SERVER_PARTS = ["queue", "track", "render", "infer", "compose", "handoff"];
+
+/** server clock - page clock (ms), from pings over the data channel: the fastest of the recent ones. */
+class ClockSync {
+  constructor(keep = 20) {
+    this.keep = keep;
+    this.samples = []; // [round trip, offset]
+  }
+  observe(t0, server, t1) {
+    if (t1 < t0) return;
+    this.samples.push([t1 - t0, server - (t0 + t1) / 2]);
+    if (this.samples.length > this.keep) this.samples.shift();
+  }
+  best() {
+    return this.samples.length ? this.samples.reduce((a, b) => (b[0] < a[0] ? b : a)) : null;
+  }
+  get offset() {
+    return this.best()?.[1] ?? null;
+  }
+  get error() {
+    const b = this.best();
+    return b ? b[0] / 2 : null;
+  }
+}
+
+/**
+ * Joins each frame id's capture and display times (this page's clock) with the server's times of
+ * the same frame (its stats messages' `frames`: [tag, received, produced, sent, track, render,
+ * infer, compose], its clock, seconds), into capture -> server receive (uplink), server
+ * receive -> send (server, with its parts) and send -> displayed (downlink), in ms. The clock
+ * offset cancels in their sum, which is the frame's glass-to-glass.
+ */
+class SplitJoin {
+  constructor(sync) {
+    this.sync = sync;
+    this.client = new Map();
+    this.server = new Map();
+    this.rows = new Window(GLASS_WINDOW); // .log: every joined frame of this connection
+  }
+  shown(tag, captured, shown) {
+    this.client.set(tag, [captured, shown]);
+    this.join(tag, shown);
+  }
+  serverTimes(item, now) {
+    if (!Array.isArray(item) || item.length !== 8 || !item.every((v) => typeof v === "number")) return;
+    this.server.set(item[0], item);
+    this.join(item[0], now);
+  }
+  join(tag, now) {
+    const offset = this.sync.offset;
+    if (offset == null || !this.client.has(tag) || !this.server.has(tag)) return this.prune(now);
+    const [captured, shown] = this.client.get(tag);
+    const [, received, produced, sent, track, render, infer, compose] = this.server.get(tag);
+    this.client.delete(tag);
+    this.server.delete(tag);
+    const r = received * 1000 - offset;
+    const s = sent * 1000 - offset;
+    const parts = { track, render, infer, compose, handoff: sent - produced };
+    parts.queue = produced - received - track - render - infer - compose;
+    const row = { glass: shown - captured, uplink: r - captured, server: s - r, downlink: shown - s };
+    for (const k of SERVER_PARTS) row[k] = parts[k] * 1000;
+    this.rows.push(row);
+  }
+  prune(now) {
+    if (this.client.size + this.server.size < 64) return;
+    for (const [tag, [, shown]] of this.client) if (now - shown > SPLIT_PENDING_MS) this.client.delete(tag);
+    const offset = this.sync.offset ?? 0;
+    for (const [tag, item] of this.server) if (now - (item[3] * 1000 - offset) > SPLIT_PENDING_MS) this.server.delete(tag);
+  }
+  /** The median of each segment over the recent frames, ms. */
+  medians() {
+    const rows = this.rows.values;
+    if (!rows.length) return null;
+    const out = {};
+    for (const k of ["glass", "uplink", "server", "downlink", ...SERVER_PARTS]) {
+      const s = rows.map((r) => r[k]).sort((a, b) => a - b);
+      const m = s.length >> 1;
+      out[k] = s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+    }
+    return out;
+  }
+  clear() {
+    this.client.clear();
+    this.server.clear();
+    this.rows.clear();
+  }
+}
+
+/**
+ * Per-frame means (ms) of the browser's own WebRTC figures over the last stats period, from the
+ * differences of getStats() counters: the camera sender's encode and packet send delay, the avatar
+ * receiver's jitter buffer, decode, processing (first packet in -> decoded) and inter-frame delay.
+ */
+class TransportStats {
+  constructor() {
+    this.prev = null;
+    this.latest = null;
+    this.log = []; // every period's means, for benchmarks reading the page
+  }
+  update(report) {
+    let inbound = null;
+    let outbound = null;
+    report.forEach((s) => {
+      if (s.kind !== "video") return;
+      if (s.type === "inbound-rtp") inbound = s;
+      if (s.type === "outbound-rtp") outbound = s;
+    });
+    const now = {
+      jb: inbound?.jitterBufferDelay, jbn: inbound?.jitterBufferEmittedCount,
+      jbt: inbound?.jitterBufferTargetDelay, jbm: inbound?.jitterBufferMinimumDelay,
+      dec: inbound?.totalDecodeTime, proc: inbound?.totalProcessingDelay, decn: inbound?.framesDecoded,
+      ifd: inbound?.totalInterFrameDelay,
+      enc: outbound?.totalEncodeTime, encn: outbound?.framesEncoded,
+      psd: outbound?.totalPacketSendDelay, pkts: outbound?.packetsSent,
+      encoder: outbound?.encoderImplementation, decoder: inbound?.decoderImplementation,
+      size: outbound ? `${outbound.frameWidth}x${outbound.frameHeight}@${outbound.framesPerSecond}` : null,
+    };
+    const p = this.prev;
+    this.prev = now;
+    if (!p) return null;
+    // Each total is in seconds; its mean per frame (or packet) over this period, in ms.
+    const mean = (total, count) => {
+      const n = (now[count] ?? 0) - (p[count] ?? 0);
+      return now[total] != null && p[total] != null && n > 0 ? ((now[total] - p[total]) * 1000) / n : null;
+    };
+    const latest = {
+      encode: mean("enc", "encn"),
+      packet_send: mean("psd", "pkts"),
+      jitter_buffer: mean("jb", "jbn"),
+      jitter_target: mean("jbt", "jbn"),
+      jitter_minimum: mean("jbm", "jbn"),
+      decode: mean("dec", "decn"),
+      processing: mean("proc", "decn"),
+      inter_frame: mean("ifd", "decn"),
+      frames_decoded: (now.decn ?? 0) - (p.decn ?? 0),
+      frames_encoded: (now.encn ?? 0) - (p.encn ?? 0),
+    };
+    this.latest = latest;
+    if (this.log.length < 10000) this.log.push({ ...latest, encoder: now.encoder, decoder: now.decoder, sent: now.size });
+    return latest;
+  }
+  clear() {
+    this.prev = null;
+    this.latest = null;
+    this.log = [];
+  }
+}
+
 // ---- the session ----
 
 const app = {
@@ -210,6 +362,10 @@ const app = {
   framesShown: 0,
   lastId: -1,
   glass: new Window(GLASS_WINDOW),
+  clock: new ClockSync(),
+  split: null, // a SplitJoin on `clock`, made below
+  stats: new TransportStats(),
+  transport, // the latency settings this page runs with
   reader: new StampReader(),
   prevInbound: null, // recent [{frames decoded, time}] for the received frame rate
   paused: false,
@@ -223,7 +379,28 @@ const app = {
   janus: null, // the JanusSession of this connection (room mode)
   subscriber: null, // its avatar subscription (room mode): `switches` counts followed re-publishes
 };
+app.split = new SplitJoin(app.clock);
 window.avatarcam = app; // for tests and for curious people with a console
+
+/**
+ * The page's WebRTC latency settings, from the address (for measuring one against another;
+ * docs/benchmarks.md has the numbers behind the defaults):
+ *   jitter=MS       the avatar receiver's jitterBufferTarget ("default": the browser's own);
+ *   hint=HINT       the camera track's contentHint ("" leaves it alone);
+ *   degrade=PREF    the camera sender's degradationPreference ("" leaves it alone);
+ *   camera=WxH@FPS  what the page asks the camera for.
+ */
+function readTransport() {
+  const params = new URLSearchParams(location.search);
+  const jitter = params.get("jitter") ?? "default";
+  const camera = /^(\d+)x(\d+)@(\d+)$/.exec(params.get("camera") ?? "") ?? [null, 640, 480, 30];
+  return {
+    jitter: jitter === "default" ? null : Number(jitter),
+    hint: params.get("hint") ?? "",
+    degrade: params.get("degrade") ?? "",
+    camera: { width: Number(camera[1]), height: Number(camera[2]), fps: Number(camera[3]) },
+  };
+}
 
 async function start() {
   clearTimeout(app.retryTimer);
@@ -249,8 +426,9 @@ async function start() {
     if (!navigator.mediaDevices?.getUserMedia) return view.setState("insecure");
     view.setState("camera");
     try {
+      const cam = transport.camera;
       const stream = await navigator.mediaDevices.getUserMedia({
-        video: { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } },
+        video: { width: { ideal: cam.width }, height: { ideal: cam.height }, frameRate: { ideal: cam.fps } },
         audio: false,
       });
       app.camera = new StampedCamera(stream, $("camera"));
@@ -379,6 +557,7 @@ async function connect() {
       : pc.addTransceiver("video", { direction: "recvonly" });
   const codec = $("codec").value;
   preferCodec(transceiver, codec);
+  await tuneTransceiver(transceiver);
 
   pc.ontrack = (e) => {
     const video = $("avatar");
@@ -420,6 +599,27 @@ async function connect() {
   app.statsTimer = setInterval(() => tick(generation), STATS_PERIOD_MS);
 }
 
+/** Apply the page's latency settings (readTransport) to its one video transceiver. */
+async function tuneTransceiver(transceiver) {
+  const receiver = transceiver.receiver;
+  if (transport.jitter != null) {
+    if ("jitterBufferTarget" in receiver) receiver.jitterBufferTarget = transport.jitter;
+    else if ("playoutDelayHint" in receiver) receiver.playoutDelayHint = transport.jitter / 1000;
+  }
+  const track = transceiver.sender.track;
+  if (!track) return;
+  if (transport.hint) track.contentHint = transport.hint;
+  if (transport.degrade) {
+    try {
+      const params = transceiver.sender.getParameters();
+      params.degradationPreference = transport.degrade;
+      await transceiver.sender.setParameters(params);
+    } catch (err) {
+      console.warn("degradationPreference", transport.degrade, "refused:", err);
+    }
+  }
+}
+
 function iceGathered(pc) {
   // The service takes a complete offer (no trickle ICE); host candidates on a LAN take milliseconds.
   if (pc.iceGatheringState === "complete") return Promise.resolve();
@@ -449,6 +649,9 @@ function teardown() {
   app.server = null;
   app.prevInbound = null;
   app.glass.clear();
+  app.split.clear();
+  app.stats.clear();
+  app.clock.samples = [];
   app.framesShown = 0;
   $("session").textContent = "–";
   $("avatar").srcObject = null;
@@ -504,8 +707,13 @@ function onServerMessage(data) {
     }
     return notify(`The service refused: ${msg.error}`);
   }
+  if (msg.type === "clock") {
+    if (typeof msg.t === "number" && typeof msg.server === "number") app.clock.observe(msg.t, msg.server * 1000, performance.now());
+    return;
+  }
   if (msg.type !== "stats") return;
   app.lastServerMessage = performance.now();
+  for (const item of Array.isArray(msg.frames) ? msg.frames : []) app.split.serverTimes(item, app.lastServerMessage);
   app.server = msg;
   // The session as the dashboard and /api/sessions name it (in shared mode: the shared one).
   if (msg.session && msg.session !== app.session) {
@@ -548,6 +756,7 @@ function onAvatarFrame(now, meta) {
   // Ids wrap every 1024 frames (~34 s at 30 fps); an older id than that is not this frame's.
   if (Number.isNaN(sent) || shown < sent || shown - sent > 10000) return;
   app.glass.push(shown - sent);
+  app.split.shown(id, sent, shown);
 }
 
 // ---- periodic: stats overlay, glass report, watchdog ----
@@ -573,6 +782,8 @@ async function tick(generation) {
     if (s.type === "transport" && s.selectedCandidatePairId) pairId = s.selectedCandidatePairId;
   });
   const pair = pairId ? report.get(pairId) : null;
+  const means = app.stats.update(report);
+  if (!app.room) send({ type: "clock", t: performance.now() });
   const rtt = pair?.currentRoundTripTime != null ? pair.currentRoundTripTime * 1000 : null;
   view.setStat("stat-rtt", rtt, ms(rtt));
 
@@ -603,10 +814,24 @@ async function tick(generation) {
       $("stat-glass").title =
         `median of the last ${app.glass.values.length} frames (${app.glass.count} measured), ` +
         `from ${app.camera.clockFrom} to display`;
+      const split = app.split.medians();
+      if (split) {
+        $("stat-glass").title +=
+          `\nuplink ${ms(split.uplink)}, server ${ms(split.server)}, downlink ${ms(split.downlink)}` +
+          (means ? `; page encode ${ms(means.encode)}, jitter buffer ${ms(means.jitter_buffer)}, decode ${ms(means.decode)}` : "");
+      }
       if (app.room) reportGlass(glass);
-      else send({ type: "glass", ms: glass });
+      else send({ type: "glass", ms: glass, split: splitReport(split, means) });
     }
   }
+}
+
+/** What the page tells the service of its split (flat, ms), or undefined before one. */
+function splitReport(split, means) {
+  if (!split) return undefined;
+  const out = { ...split, clock_error: app.clock.error };
+  for (const k of ["encode", "packet_send", "jitter_buffer", "decode", "processing", "inter_frame"]) out[k] = means?.[k] ?? null;
+  return out;
 }
 
 // In a room there is no data channel to the session: the driver's page reports its glass-to-glass

@@ -227,6 +227,10 @@ function makeCard(id) {
       ${cell("frames", "frames")}${cell("dropped", "dropped")}${cell("avatar", "avatar")}${cell("sinks", "sinks")}
       ${cell("watermark", "watermark")}${cell("handoff", "engine → sink p50 / p99")}
     </div>
+    <div class="nums split" title="The page's split of glass-to-glass (medians of its recent frames, ms): capture → server receive (uplink), server receive → send (the pipeline), send → displayed (downlink); and the browser's own per-frame means from getStats.">
+      ${cell("split", "glass = uplink + server + downlink")}${cell("split-server", "server: queue / track / render / infer / compose / handoff")}
+      ${cell("split-page", "browser: encode / jitter buffer / decode")}
+    </div>
     <table class="stages">
       <thead><tr><th>stage</th><th>p50</th><th>p99</th><th class="bar"></th></tr></thead>
       <tbody>${STAGES.map((k) => `<tr data-stage="${k}"><td>${k}</td><td class="p50">–</td><td class="p99">–</td><td class="bar"><span style="background:${STAGE_COLORS[k]}"></span></td></tr>`).join("")}</tbody>
@@ -255,6 +259,12 @@ function updateCard(entry, s, t) {
   setValue(field("e2e"), s.e2e_ms?.p50, fmt.pair(s.e2e_ms, "–"));
   setValue(field("glass"), s.glass_ms?.p50, fmt.pair(s.glass_ms, "n/a"));
   setValue(field("handoff"), s.handoff_ms?.p50, fmt.pair(s.handoff_ms, "–"));
+  const sp = s.split_ms;
+  const n = (v) => (v == null ? "–" : v.toFixed(0));
+  setValue(field("split"), sp?.glass, sp ? `${n(sp.glass)} = ${n(sp.uplink)} + ${n(sp.server)} + ${n(sp.downlink)} ms` : "n/a");
+  const parts = ["queue", "track", "render", "infer", "compose", "handoff"];
+  setValue(field("split-server"), sp?.server, sp ? parts.map((k) => n(sp[k])).join(" / ") : "n/a");
+  setValue(field("split-page"), sp?.jitter_buffer, sp ? [sp.encode, sp.jitter_buffer, sp.decode].map(n).join(" / ") : "n/a");
   setValue(field("face"), s.face_found, s.face_found == null ? "–" : s.face_found ? "found" : "lost");
   setValue(field("frames"), s.frames, fmt.int(s.frames));
   setValue(field("dropped"), s.dropped, fmt.int(s.dropped));

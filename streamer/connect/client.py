@@ -24,7 +24,7 @@ from streamer.connect.room import RoomLink, join, room_link
 from streamer.connect.stats import WINDOW, ConnectStats, figures
 from streamer.core.clock import Clock, MonotonicClock, Pacer
 from streamer.core.frames import U8, Frame
-from streamer.core.rtc import set_bitrate
+from streamer.core.rtc import set_bitrate, set_frame_release
 from streamer.provenance.identity import identity_record
 from streamer.provenance.watermark import Watermarker, identity_digest
 from streamer.sinks import open_sink
@@ -120,11 +120,13 @@ class Client:
             except _Retry as exc:
                 raise ConnectError(f"cannot join room {self.room.room}: {exc}") from None
         set_bitrate(config.bitrate)
+        set_frame_release(config.frame_release)
         self.watermark, identity = disclosure(self.info)
         context = SinkContext(
             self.clock,
             config.fps,
             virtualcam_backend=config.virtualcam_backend,
+            virtualcam_pacing=config.virtualcam_pacing,
             identity=(lambda: identity) if identity is not None else None,
             watermark=self.watermark,
             title=f"avatarcam: {config.base}",
@@ -286,8 +288,7 @@ class Client:
         self.stats.sink.append(finished - frame.captured)
 
     def _on_message(self, data: dict[str, Any]) -> None:
-        if data.get("type") == "stats":
-            self.stats.server = data
+        self.stats.server_message(data)
 
     async def _report(self) -> None:
         """Once a second: sample the RTT, tell the server our glass-to-glass (its dashboard shows
@@ -302,9 +303,12 @@ class Client:
                 rtt = await link.rtt()
                 if rtt is not None:
                     self.stats.rtt.append(rtt)
+                link.send({"type": "clock", "t": self.clock.now()})
                 glass = figures(self.stats.glass[-WINDOW:])
                 if glass is not None:
-                    link.send({"type": "glass", "ms": glass["p50"]})
+                    split = self.stats.split_figures(self.stats.split.recent(WINDOW))
+                    medians = {k: v["p50"] for k, v in split.items() if isinstance(v, dict)} if split else None
+                    link.send({"type": "glass", "ms": glass["p50"], "split": medians})
             sink_dropped = sum(int(getattr(s, "dropped", 0)) for s in self.sinks)
             print(self.stats.line(self.state, sink_dropped), file=sys.stderr, flush=True)
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from streamer.core.rtc import CODECS
+from streamer.core.rtc import CODECS, FRAME_RELEASE
 from streamer.sinks import usage as sink_usage
 from streamer.sinks.base import SinkSpec
 from streamer.sources.base import SourceSpec
@@ -33,6 +33,7 @@ class ConnectConfig:
         seconds: stop this long after the first avatar frame arrives (None: until Ctrl-C).
         codec: the WebRTC codec both ways (vp8 or h264), as `serve --codec`.
         bitrate: starting bitrate of the outgoing video, bits/s, as `serve --bitrate`.
+        frame_release: when the avatar's receiver hands a frame to the decoder, as `serve --frame-release`.
         ice_servers: STUN/TURN URLs (none by default: no third party).
         ice_username, ice_credential: the TURN servers' long-term credential.
         fps: the frame rate declared to the virtual camera and the file; the virtual camera
@@ -41,6 +42,7 @@ class ConnectConfig:
         stamp: paint frame ids into sent frames (glass-to-glass); they are visible at the top
             left of the avatar frames.
         virtualcam_backend: a pyvirtualcam backend name (None: the platform's).
+        virtualcam_pacing: when the virtual camera hands pictures to the device, as `serve --virtualcam-pacing`.
         stall_seconds: no avatar frame for this long means the link is lost: reconnect.
         first_frame_seconds: how long a new link may take to deliver its first avatar frame.
         max_backoff: the longest wait between two reconnection attempts, seconds.
@@ -58,6 +60,7 @@ class ConnectConfig:
     seconds: float | None = None
     codec: str = "vp8"
     bitrate: int = 1_000_000
+    frame_release: str = "marker"
     ice_servers: tuple[str, ...] = ()
     ice_username: str | None = None
     ice_credential: str | None = None
@@ -65,6 +68,7 @@ class ConnectConfig:
     max_width: int = 640
     stamp: bool = True
     virtualcam_backend: str | None = None
+    virtualcam_pacing: str = "tick"
     stall_seconds: float = 2.0
     first_frame_seconds: float = 30.0
     max_backoff: float = 3.0
@@ -97,6 +101,8 @@ class ConnectConfig:
         for kind in ("virtualcam", "window"):
             if kinds.count(kind) > 1:
                 raise ValueError(f"--sink {kind} is given twice")
+        if self.frame_release not in FRAME_RELEASE:
+            raise ValueError(f"frame_release must be one of {', '.join(FRAME_RELEASE)}, got {self.frame_release!r}")
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
         if self.bitrate < 50_000 or self.fps <= 0 or self.max_width < 64:

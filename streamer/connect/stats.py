@@ -16,6 +16,7 @@ from streamer.core import stamp
 from streamer.core.clock import Clock
 from streamer.core.figures import percentiles
 from streamer.core.frames import Frame
+from streamer.core.split import SEGMENTS, SERVER_PARTS, ClockSync, FrameTimes, SplitJoin
 
 WINDOW = 300  # samples in the rolling figures printed each second
 
@@ -47,8 +48,39 @@ class ConnectStats:
     sink: list[float] = field(default_factory=list)
     rtt: list[float] = field(default_factory=list)
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    sync: ClockSync = field(default_factory=ClockSync)
+    split: SplitJoin = field(init=False)
     _sent_at: np.ndarray = field(default_factory=lambda: np.full(stamp.MODULUS, np.nan))
     _next_id: int = 0
+
+    def __post_init__(self) -> None:
+        self.split = SplitJoin(self.sync)
+
+    def server_message(self, data: dict[str, Any]) -> None:
+        """A data-channel message from the server: a clock ping's answer, or stats (kept) with
+        the server's times of the frames it sent since the last (`streamer.core.split`)."""
+        now = self.clock.now()
+        if data.get("type") == "clock":
+            t, server = data.get("t"), data.get("server")
+            if isinstance(t, int | float) and isinstance(server, int | float):
+                self.sync.observe(float(t), float(server), now)
+        elif data.get("type") == "stats":
+            self.server = {k: v for k, v in data.items() if k != "frames"}
+            frames = data.get("frames")
+            for item in frames if isinstance(frames, list) else []:
+                if (times := FrameTimes.from_wire(item)) is not None:
+                    self.split.server(times, now)
+
+    def split_figures(self, rows: list[dict[str, float]] | None = None) -> dict[str, Any] | None:
+        """p50/p90/p99 (ms) of each segment of glass-to-glass over `rows` (all the joined frames kept)."""
+        rows = list(self.split.rows) if rows is None else rows
+        if not rows:
+            return None
+        keys = ("glass", *SEGMENTS, *SERVER_PARTS)
+        out: dict[str, Any] = {"frames": len(rows)}
+        out.update({k: percentiles([r[k] for r in rows], (50, 90, 99), scale=1, digits=1) for k in keys})
+        out["clock_error_ms"] = round(self.sync.error * 1000, 2) if self.sync.error is not None else None
+        return out
 
     def stamped(self, frame: Frame) -> None:
         """Paint the next frame id into `frame` (in place) and remember its capture time."""
@@ -73,6 +105,7 @@ class ConnectStats:
             return None
         self.echoed += 1
         self.glass.append(frame.captured - sent)
+        self.split.shown(frame.tag, sent, frame.captured)
         return frame.captured - sent
 
     def fps(self, window: float = 1.0) -> float:
@@ -124,6 +157,7 @@ class ConnectStats:
             "frames_received": self.frames_received,
             "fps": fps,
             "glass_ms": figures(self.glass),
+            "split_ms": self.split_figures(),
             "sink_ms": figures(self.sink),
             "rtt_ms": figures(self.rtt),
             "dropped": self.dropped(sink_dropped),

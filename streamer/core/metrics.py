@@ -14,6 +14,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from streamer.core.figures import percentiles
+from streamer.core.split import FrameTimes
 
 STAGES = ("track", "render", "infer", "compose", "sink")
 """Pipeline stages timed per frame, in order."""
@@ -64,6 +65,9 @@ class SessionStats:
     glass: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     handoffs: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
     produced_at: deque[float] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    timeline: deque[tuple[int, FrameTimes]] = field(default_factory=lambda: deque(maxlen=WINDOW))
+    split: dict[str, Any] | None = None
+    _sequence: int = 0
 
     def stage(self, name: str, seconds: float) -> None:
         self.stages[name].append(seconds)
@@ -94,6 +98,21 @@ class SessionStats:
         self.glass.append(seconds)
         self.metrics.glass.observe(seconds)
 
+    def timed(self, times: FrameTimes) -> None:
+        """A stamped frame was handed to the encoder: keep its times for the page's split."""
+        if self.timeline and self.timeline[-1][1].tag == times.tag:
+            return  # a second sink of the same frame
+        self._sequence += 1
+        self.timeline.append((self._sequence, times))
+
+    def timed_since(self, sequence: int) -> tuple[list[FrameTimes], int]:
+        """The frames timed after `sequence`, and the sequence to ask from next time."""
+        return [t for n, t in self.timeline if n > sequence], self._sequence
+
+    def split_reported(self, split: dict[str, Any]) -> None:
+        """The page's latest split of glass-to-glass (`streamer.core.split`), milliseconds."""
+        self.split = split
+
     def fps(self) -> float:
         """Frames made per second over the last two seconds."""
         now = time.monotonic()
@@ -112,4 +131,5 @@ class SessionStats:
             "e2e_ms": percentiles(self.end_to_end),
             "handoff_ms": percentiles(self.handoffs),
             "glass_ms": percentiles(self.glass),
+            "split_ms": self.split,
         }

@@ -10,9 +10,12 @@ import contextlib
 import logging
 from typing import Any
 
+import aiortc.rtcrtpreceiver
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
 from aiortc.codecs import h264, vpx
 from aiortc.exceptions import InvalidStateError
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtp import RtpPacket
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +41,49 @@ def set_bitrate(bits_per_second: int) -> None:
     vpx.DEFAULT_BITRATE = h264.DEFAULT_BITRATE = bits_per_second
     vpx.MIN_BITRATE = h264.MIN_BITRATE = bits_per_second // 2
     vpx.MAX_BITRATE = h264.MAX_BITRATE = bits_per_second * 2
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's jitter buffer, which also hands on a video frame as soon as its last packet (the
+    one with the RTP marker bit, RFC 7741 and RFC 6184) is in, with every packet before it.
+
+    aiortc's own hands a video frame on only when the first packet of the next frame arrives, so
+    each received frame waits one frame interval (33 ms at 30 fps) before it is decoded. Losses
+    and reordering are left to aiortc's logic: a frame with a gap is not released here."""
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        if frame is None and self._is_video and packet.marker:
+            frame = self._complete_frame()
+        return pli, frame
+
+    def _complete_frame(self) -> JitterFrame | None:
+        """The frame at the buffer's origin, when all its packets up to the marker are in."""
+        if self._origin is None:
+            return None
+        packets: list[RtpPacket] = []
+        for count in range(self.capacity):
+            packet = self._packets[(self._origin + count) % self.capacity]
+            if packet is None or (packets and packet.timestamp != packets[0].timestamp):
+                return None
+            packets.append(packet)
+            if packet.marker:
+                self.remove(count + 1)
+                return JitterFrame(b"".join(p._data for p in packets), packets[0].timestamp)  # type: ignore[attr-defined]
+        return None
+
+
+FRAME_RELEASE = ("marker", "next")
+"""When aiortc's receivers hand a video frame to the decoder: on its last packet (the marker
+bit), or (aiortc's own) when the next frame's first packet arrives."""
+
+
+def set_frame_release(mode: str) -> None:
+    """Make the receivers this process creates from now on release frames as `mode` says
+    (FRAME_RELEASE). aiortc keeps this per process, like the bitrate."""
+    if mode not in FRAME_RELEASE:
+        raise ValueError(f"frame release must be one of {', '.join(FRAME_RELEASE)}, not {mode!r}")
+    aiortc.rtcrtpreceiver.JitterBuffer = MarkerJitterBuffer if mode == "marker" else JitterBuffer  # type: ignore[misc]
 
 
 def ice_configuration(urls: tuple[str, ...], username: str | None = None, credential: str | None = None) -> Any:

@@ -27,6 +27,7 @@ from streamer.core.clock import Clock, Pacer
 from streamer.core.frames import U8, Background, Frame
 from streamer.core.metrics import Metrics, SessionStats
 from streamer.core.queues import Closed, DropQueue
+from streamer.core.split import FrameTimes
 from streamer.pipeline.engine_pool import EnginePool, SharedEngine
 from streamer.pipeline.idle import IdleConfig, IdleDriver
 from streamer.provenance.identity import is_demo_avatar, maybe_watermark
@@ -261,6 +262,10 @@ class AvatarSession:
         self.stats.delivered(finished - frame.captured)
         if frame.produced is not None:
             self.stats.handed_off(finished - frame.produced)
+            if frame.tag is not None and not frame.idle:
+                get = frame.stages.get
+                stages = (get("track", 0.0), get("render", 0.0), get("infer", 0.0), get("compose", 0.0))
+                self.stats.timed(FrameTimes(frame.tag, frame.captured, frame.produced, finished, stages))
 
     def _failed(self, stage: str) -> bool:
         """Log a frame that failed in `stage`; True when the session should give up."""
@@ -322,6 +327,7 @@ class AvatarSession:
                 continue
             self.stats.stage("track", track_s)
             self.stats.stage("render", render_s)
+            frame.stages.update(track=track_s, render=render_s)
             self._failures["track"] = 0
             self.stats.face_found = frame.face_found
             if not self._to_infer.put((frame, uv, shaded)):
@@ -344,6 +350,7 @@ class AvatarSession:
                     break
                 continue
             out.produced = self.clock.now()
+            out.stages.update(infer=infer_s, compose=compose_s)
             self.stats.stage("infer", infer_s)
             self.stats.stage("compose", compose_s)
             self.stats.produced()

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from models.engines import ENGINES
-from streamer.core.rtc import CODECS
+from streamer.core.rtc import CODECS, FRAME_RELEASE
 from streamer.sinks.base import SinkSpec
 from streamer.sources.base import SourceSpec
 from streamer.stages.compose import ComposeConfig
@@ -59,8 +59,14 @@ class ServeConfig:
         ice_servers: STUN/TURN URLs for peers behind NAT (none by default: no third party).
         ice_username, ice_credential: the TURN servers' long-term credential.
         bitrate: starting video bitrate of WebRTC senders, bits/s.
+        rtp_time: what the avatar frames' RTP timestamps follow (`streamer.sinks.webrtc.AvatarTrack`):
+            "capture" (the camera's pacing) or "send" (the pacing they leave with).
+        frame_release: when the receivers hand a camera frame to the decoder (`streamer.core.rtc`):
+            "marker", on its last packet; "next", aiortc's own, one frame later.
         codec: default WebRTC codec (vp8 or h264); a page can ask for the other.
         virtualcam_backend: a pyvirtualcam backend name (None: the platform's).
+        virtualcam_pacing: when the virtual camera hands pictures to the device (tick, lock, prompt:
+            `streamer.sinks.base.SinkContext`).
         virtualcam_optional: without a virtual camera device, warn and go on (the demo).
         shutdown_timeout: seconds to close peers and sessions on SIGINT/SIGTERM before cancelling.
         web_root: folder of the page and dashboard.
@@ -98,9 +104,12 @@ class ServeConfig:
     ice_username: str | None = None
     ice_credential: str | None = None
     bitrate: int = 1_000_000
+    frame_release: str = "marker"
+    rtp_time: str = "send"
     codec: str = "vp8"
     virtualcam_backend: str | None = None
     virtualcam_optional: bool = False
+    virtualcam_pacing: str = "tick"
     shutdown_timeout: float = 5.0
     web_root: Path = Path(__file__).resolve().parents[2] / "web"
     create_dir: Path | None = None
@@ -118,6 +127,10 @@ class ServeConfig:
                 raise ValueError(f"avatar {path} does not exist; train and export one, or run `avatarcam demo`")
         if self.backend not in ENGINES:
             raise ValueError(f"unknown engine backend {self.backend!r}; choose one of {sorted(ENGINES)}")
+        if self.rtp_time not in ("capture", "send"):
+            raise ValueError(f"rtp_time must be capture or send, got {self.rtp_time!r}")
+        if self.frame_release not in FRAME_RELEASE:
+            raise ValueError(f"frame_release must be one of {', '.join(FRAME_RELEASE)}, got {self.frame_release!r}")
         if self.codec not in CODECS:
             raise ValueError(f"codec must be one of {sorted(CODECS)}, got {self.codec!r}")
         if self.max_sessions < 1 or self.offers_per_minute < 1 or self.bitrate < 50_000 or self.fps < 0:

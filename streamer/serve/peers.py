@@ -27,6 +27,7 @@ class Peer:
     client: str = "unknown"
     operator: bool = False  # the offer came with the operator credential
     connected: bool = False
+    timed: int = 0  # the last of its session's frame timings sent to it (`SessionStats.timed_since`)
     watchdog: asyncio.Task[None] | None = None
     # Only the client that got the answer knows it: `options.replaces` must carry it to take over
     # this peer's slot on a reconnect (its id is public, in /api/sessions and the /ws feed).

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import logging
+import re
 import secrets
 import time
 from dataclasses import replace
@@ -28,6 +29,7 @@ from streamer.core.rtc import (
     ice_configuration,
     prefer_codec,
     set_bitrate,
+    set_frame_release,
     tolerate_closed_connects,
 )
 from streamer.pipeline.engine_pool import EnginePool
@@ -78,6 +80,21 @@ def check_media_sections(sdp: str) -> None:
             )
 
 
+def split_report(value: Any) -> dict[str, float | None] | None:
+    """A page's split of glass-to-glass (`streamer.core.split`: milliseconds by segment name),
+    or None when `value` is not one."""
+    if not isinstance(value, dict) or not 0 < len(value) <= 32:
+        return None
+    out: dict[str, float | None] = {}
+    for key, v in value.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[a-z_]{1,32}", key):
+            return None
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float) or not abs(v) < 60_000):
+            return None
+        out[key] = None if v is None else round(float(v), 2)
+    return out
+
+
 class Service:
     """Avatars, the shared session (camera or file source), per-peer sessions and peers."""
 
@@ -126,6 +143,7 @@ class Service:
             config.fps or 30.0,
             config.framing,
             config.virtualcam_backend,
+            virtualcam_pacing=config.virtualcam_pacing,
             identity=lambda: self.default_avatar.avatar.identity,  # a recording's credentials name it
         )
         sinks: list[Sink] = []
@@ -148,6 +166,7 @@ class Service:
         avatars and, for a camera or file source, start the shared session."""
         tolerate_closed_connects(asyncio.get_running_loop())
         set_bitrate(self.config.bitrate)
+        set_frame_release(self.config.frame_release)
         sinks = self._open_sinks()
         try:
             await self._load(sinks)
@@ -295,7 +314,8 @@ class Service:
 
         config = self.config
         pc = RTCPeerConnection(ice_configuration(config.ice_servers, config.ice_username, config.ice_credential))
-        peer = Peer(f"peer-{secrets.token_hex(4)}", pc, AvatarTrack(self.clock), client=client, operator=operator)
+        track = AvatarTrack(self.clock, self.config.rtp_time)
+        peer = Peer(f"peer-{secrets.token_hex(4)}", pc, track, client=client, operator=operator)
         self.peers[peer.id] = peer
         try:
             await self._negotiate(peer, body["sdp"], codec, stamp, background)
@@ -420,9 +440,13 @@ class Service:
             log.warning("peer %s sent a malformed message", peer.id)
             return
         session = peer.session or self.shared
-        if kind == "glass" and session is not None and isinstance(data.get("ms"), int | float):
+        if kind == "clock" and isinstance(data.get("t"), int | float):
+            self._send(peer, {"type": "clock", "t": data["t"], "server": self.clock.now()})
+        elif kind == "glass" and session is not None and isinstance(data.get("ms"), int | float):
             if 0 < data["ms"] < 60_000:
                 session.stats.glass_to_glass(data["ms"] / 1000)
+            if (split := split_report(data.get("split"))) is not None:
+                session.stats.split_reported(split)
         elif kind == "control" and session is not None:
             try:
                 if peer.session is None and not peer.operator:  # the shared session is everyone's
@@ -445,6 +469,7 @@ class Service:
                 continue
             snap = session.stats.snapshot()
             e2e = snap["e2e_ms"]
+            timed, peer.timed = session.stats.timed_since(peer.timed)
             self._send(
                 peer,
                 {
@@ -455,6 +480,7 @@ class Service:
                     "e2e_ms": e2e["p50"] if e2e else None,
                     "dropped": snap["dropped"],
                     "state": str(session.state),
+                    "frames": [t.wire() for t in timed],
                 },
             )
 

@@ -57,6 +57,9 @@ class SinkContext:
         fps: the frame rate declared to devices and files.
         framing: the virtual camera's format and how the avatar fills it.
         virtualcam_backend: a pyvirtualcam backend name (None: the platform's).
+        virtualcam_pacing: when the virtual camera hands pictures to the device: "tick" (its own
+            grid), "lock" (the grid phase-locked to the frames) or "prompt" (each new frame at
+            once; `streamer.sinks.virtualcam.VirtualCamSink`).
         identity: returns the identity record a recording's content credentials name (None:
             recordings are not signed).
         watermark: the avatar's mark for what the sink makes from frames that carry none (no
@@ -71,6 +74,7 @@ class SinkContext:
     fps: float = 30.0
     framing: FramingConfig = field(default_factory=FramingConfig)
     virtualcam_backend: str | None = None
+    virtualcam_pacing: str = "tick"
     identity: Callable[[], Any] | None = None
     watermark: Mark | None = None
     title: str = "avatarcam"

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +19,8 @@ from streamer.stages.card import card
 from streamer.stages.framing import Framer, FramingConfig
 
 log = logging.getLogger(__name__)
+PACING = ("tick", "lock", "prompt")
+"""When the sink hands pictures to the device (`VirtualCamSink`'s phase_lock and prompt)."""
 HANDOFFS_KEPT = 3000  # the engine-to-device times kept (100 s at 30 fps)
 
 
@@ -53,13 +57,22 @@ class VirtualCamSink:
             frames' arrivals (`PhaseLock`), so arrival jitter neither repeats nor drops frames.
             Off by default: it has not been shown to help (docs/benchmarks.md, "The virtual
             camera's phase lock"); `benchmarks/bench_virtualcam.py --phase-lock both` measures it.
+        prompt: hand each new avatar frame to the device as soon as it comes, instead of on the
+            next tick (the wait for a tick is half a period on average, 17 ms at 30 fps); the last
+            picture (or a card) is repeated one period after the last one when no frame came.
+            The device then gets at least `fps` pictures a second but at uneven intervals, so
+            it is off by default (docs/benchmarks.md, "The virtual camera's share").
     """
 
     name = "virtualcam"
 
     @classmethod
     def open(cls, target: str, context: SinkContext) -> VirtualCamSink:
-        sink = cls(context.framing, context.fps, context.clock, context.virtualcam_backend, watermark=context.watermark)
+        pacing = context.virtualcam_pacing
+        if pacing not in PACING:
+            raise SinkError(f"virtual camera pacing must be one of {', '.join(PACING)}, not {pacing!r}")
+        sink = cls(context.framing, context.fps, context.clock, context.virtualcam_backend, watermark=context.watermark,
+                   phase_lock=pacing == "lock", prompt=pacing == "prompt")  # fmt: skip
         sink.start()  # the starting card from the first tick, while the avatar loads
         return sink
 
@@ -73,6 +86,7 @@ class VirtualCamSink:
         stale_seconds: float = 2.0,
         watermark: Mark | None = None,
         phase_lock: bool = False,
+        prompt: bool = False,
     ) -> None:
         import pyvirtualcam
 
@@ -93,6 +107,11 @@ class VirtualCamSink:
         self._fresh = False
         # seconds from an avatar frame's arrival from the engine to its picture handed to the device
         self.handoffs: deque[float] = deque(maxlen=HANDOFFS_KEPT)
+        # the same, in parts: (waiting for the turn, framing, handing to the device), seconds
+        self.handoff_parts: deque[tuple[float, float, float]] = deque(maxlen=HANDOFFS_KEPT)
+        self.prompt = prompt
+        self._arrived = asyncio.Event()
+        self._last_turn = clock.now()
         self._last_frame_at: float | None = None
         self._picture: U8 | None = None
         self._started_at = clock.now()
@@ -129,6 +148,7 @@ class VirtualCamSink:
         dropped = self._fresh
         self.dropped += dropped
         self._latest, self._fresh, self._latest_at = frame, True, self.clock.now()
+        self._arrived.set()
         return not dropped
 
     def _render(self, frame: Frame | None, now: float) -> tuple[U8, bool]:
@@ -152,33 +172,50 @@ class VirtualCamSink:
         picture = card(self.size, title, line, now - self._started_at)
         return picture if self.watermark is None else self.watermark(picture, inplace=True)  # a new card each time
 
-    def _deliver(self, frame: Frame | None, now: float) -> None:
+    def _deliver(self, frame: Frame | None, now: float) -> tuple[float, float]:
+        """Publish this tick's picture; (seconds framing it, seconds handing it to the device)."""
+        start = time.perf_counter()
         picture, is_card = self._render(frame, now)
+        framed = time.perf_counter()
         self.camera.send(picture)
         # Counted here, in the worker: a close that cancels the publisher while this picture is on
         # its way would otherwise leave one handed to the device and not counted.
         self.sent += 1
         self.cards += is_card
+        return framed - start, time.perf_counter() - framed
+
+    async def _next_turn(self) -> float:
+        """Wait for the next tick (or, prompt, for a new frame or a period of none); its time."""
+        if not self.prompt:
+            if self.lock is not None:
+                self.pacer.shift(self.lock.correction())
+            return await self.pacer.wait()
+        if not self._fresh:  # a repeat one period after the last picture, unless a frame comes first
+            timeout = max(0.0, self._last_turn + self.pacer.period - self.clock.now())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), timeout)
+        self._arrived.clear()
+        self._last_turn = self.clock.now()
+        return self._last_turn
 
     async def _publish(self) -> None:
         loop = asyncio.get_running_loop()
         while not self._closed:
-            if self.lock is not None:
-                self.pacer.shift(self.lock.correction())
-            deadline = await self.pacer.wait()
+            deadline = await self._next_turn()
             if self._closed:
                 break
             frame, self._fresh = (self._latest if self._fresh else None), False
             arrived = self._latest_at
             start = self.clock.now()
             try:
-                await loop.run_in_executor(self._executor, self._deliver, frame, deadline)
+                framing, handing = await loop.run_in_executor(self._executor, self._deliver, frame, deadline)
             except Exception:
                 log.exception("virtual camera: a frame failed")
                 continue
             end = self.clock.now()
             if frame is not None:
                 self.handoffs.append(end - arrived)
+                self.handoff_parts.append((end - arrived - framing - handing, framing, handing))
                 if self.report is not None:
                     self.report(frame, end - start, end)
 
