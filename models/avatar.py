@@ -12,6 +12,7 @@ raw tensors: it never unpickles code. `load_avatar` is the one reader and upgrad
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -181,14 +182,35 @@ def add_student(source: Path, student: StudentNet, out: Path, metrics: dict[str,
     The teacher stays in the file (GPU tiers run it; the student is checked against it), and the
     identity record is carried over unchanged apart from the student's metrics.
     """
+
+    def update(header: dict[str, str], tensors: dict[str, Tensor]) -> None:
+        for key in [k for k in tensors if k.startswith("student/")]:
+            del tensors[key]
+        tensors.update({f"student/{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()})
+        identity = json.loads(header["identity"])
+        identity["metrics"] = {**identity.get("metrics", {}), **metrics}
+        header["identity"] = json.dumps(identity)
+        header["student"] = json.dumps(student.config.to_dict())
+
+    return _rewrite(source, out, update)
+
+
+def replace_expression(source: Path, model: ExpressionModel, out: Path) -> Path:
+    """Write `out`: the avatar `source` with another personal expression model (a refit)."""
+
+    def update(header: dict[str, str], tensors: dict[str, Tensor]) -> None:
+        for key, value in model.to_arrays().items():
+            tensors[f"expression/{key}"] = torch.from_numpy(np.ascontiguousarray(value))
+
+    return _rewrite(source, out, update)
+
+
+def _rewrite(source: Path, out: Path, update: Callable[[dict[str, str], dict[str, Tensor]], None]) -> Path:
+    """Copy an avatar file through `update(header, tensors)`, replacing `out` atomically."""
     header = dict(read_header(source))
     with safe_open(str(source), framework="pt", device="cpu") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys() if not k.startswith("student/")}  # noqa: SIM118
-    tensors.update({f"student/{k}": v.detach().cpu().contiguous() for k, v in student.state_dict().items()})
-    identity = json.loads(header["identity"])
-    identity["metrics"] = {**identity.get("metrics", {}), **metrics}
-    header["identity"] = json.dumps(identity)
-    header["student"] = json.dumps(student.config.to_dict())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is not a dict
+    update(header, tensors)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + ".partial")
     save_file(tensors, str(partial), metadata=header)
