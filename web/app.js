@@ -10,6 +10,7 @@
 // /janus): a driver publishes its stamped camera and subscribes to the avatar, a viewer only
 // subscribes. Glass-to-glass is measured the same way: the session actor echoes the ids.
 
+import { HttpError, api, forgetToken, iceGathered, token } from "./common.js";
 import { JanusSession } from "./janus.js";
 import { MODULUS, StampReader, fits as stampFits, write as writeStamp } from "./stamp.js";
 
@@ -23,11 +24,8 @@ const BUSY_RETRY_S = 5;
 const MAX_BACKOFF_S = 8;
 
 const $ = (id) => document.getElementById(id);
-const token = new URLSearchParams(location.search).get("token");
 const roomLink = readRoomLink(); // null: serve's page; else { room, role, token } of a gateway's room link
-// The service answered this address with a cookie for the token (an opaque value, not the token):
-// take the token out of the address bar, so history, bookmarks, screenshots and shared links lack it.
-forgetToken();
+forgetToken(); // the service answered this address with a cookie for the token
 
 const STATES = {
   loading: ["Loading…", "Asking the service what it serves."],
@@ -70,39 +68,6 @@ const view = {
 
 function ms(value) {
   return value == null || Number.isNaN(value) ? "–" : `${value.toFixed(0)} ms`;
-}
-
-// ---- HTTP with the token the page was opened with ----
-
-class HttpError extends Error {
-  constructor(status, message, retryAfter) {
-    super(message);
-    this.status = status;
-    this.retryAfter = retryAfter; // seconds, from a Retry-After header (busy answers)
-  }
-}
-
-async function api(path, body) {
-  const headers = { Accept: "application/json" };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const init = { headers, credentials: "same-origin" };
-  if (body !== undefined) {
-    init.method = "POST";
-    headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  const response = await fetch(path, init); // a network failure throws TypeError
-  let data = null;
-  try {
-    data = await response.json();
-  } catch {
-    data = null;
-  }
-  if (!response.ok) {
-    const retryAfter = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
-    throw new HttpError(response.status, data?.error ?? `HTTP ${response.status}`, retryAfter);
-  }
-  return data;
 }
 
 // ---- the camera, stamped through a canvas ----
@@ -420,20 +385,6 @@ async function connect() {
   app.statsTimer = setInterval(() => tick(generation), STATS_PERIOD_MS);
 }
 
-function iceGathered(pc) {
-  // The service takes a complete offer (no trickle ICE); host candidates on a LAN take milliseconds.
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      if (pc.iceGatheringState !== "complete") return;
-      pc.removeEventListener("icegatheringstatechange", done);
-      resolve();
-    };
-    pc.addEventListener("icegatheringstatechange", done);
-    setTimeout(resolve, 3000);
-  });
-}
-
 function teardown() {
   app.generation += 1;
   clearInterval(app.statsTimer);
@@ -682,9 +633,3 @@ function wire() {
 
 if (wire()) start();
 
-function forgetToken() {
-  if (!token) return;
-  const url = new URL(location.href);
-  url.searchParams.delete("token");
-  history.replaceState(history.state, "", url);
-}
