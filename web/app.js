@@ -24,6 +24,7 @@ const BUSY_RETRY_S = 5;
 const MAX_BACKOFF_S = 8;
 
 const $ = (id) => document.getElementById(id);
+const wantedAvatar = new URLSearchParams(location.search).get("avatar");
 const roomLink = readRoomLink(); // null: serve's page; else { room, role, token } of a gateway's room link
 forgetToken(); // the service answered this address with a cookie for the token
 
@@ -187,6 +188,7 @@ const app = {
   joined: null, // the gateway's join answer
   janus: null, // the JanusSession of this connection (room mode)
   subscriber: null, // its avatar subscription (room mode): `switches` counts followed re-publishes
+  avatarAsked: false, // this page asked its session for the ?avatar= one
 };
 window.avatarcam = app; // for tests and for curious people with a console
 
@@ -304,8 +306,9 @@ function showInfo(info) {
   $("avatar-name").textContent = `${info.avatar} · ${info.resolution}px`;
   $("watermark").dataset.on = String(Boolean(info.watermark));
   $("watermark").textContent = info.watermark ? "invisible watermark: on" : "invisible watermark: off";
-  // The dashboard is the operator's: a viewer's page does not offer a link that would be refused.
+  // The dashboard and /create are the operator's: a viewer's page does not offer links that would be refused.
   $("dashboard-link").hidden = info.role !== "operator";
+  $("create-link").hidden = info.role !== "operator";
   if (info.source !== "webrtc") {
     if (info.role !== "operator") {
       $("controls-note").textContent =
@@ -458,6 +461,14 @@ function onServerMessage(data) {
   if (msg.type !== "stats") return;
   app.lastServerMessage = performance.now();
   app.server = msg;
+  if (msg.avatar) {
+    $("avatar-name").textContent = `${msg.avatar} · ${app.info?.resolution ?? "?"}px`;
+    // Opened as /?avatar=NAME (the create page's "open it live"): this session switches to it, once.
+    if (wantedAvatar && msg.avatar !== wantedAvatar && !app.avatarAsked) {
+      app.avatarAsked = true;
+      control("avatar", wantedAvatar);
+    }
+  }
   // The session as the dashboard and /api/sessions name it (in shared mode: the shared one).
   if (msg.session && msg.session !== app.session) {
     app.session = msg.session;

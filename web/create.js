@@ -1,9 +1,10 @@
 // The create page (/create): record a selfie video with live coaching, train an avatar from it
 // on the service, give consent, and switch the live stream to it.
 //
-// The recording is made in the browser (MediaRecorder) and uploaded while it is made, in the
-// recorder's ~1 s pieces, with `PUT /api/create/uploads/{id}?offset=N`; a refused offset (409) or
-// a lost connection resumes from the byte the service says it holds, so nothing recorded is lost.
+// The recording is made in the browser (MediaRecorder, ~1 s pieces kept in memory) and uploaded
+// when it stops, in pieces of up to 8 MiB with `PUT /api/create/uploads/{id}?offset=N`: a refused
+// offset (409) or a lost connection resumes from the byte the service says it holds, so nothing
+// recorded is lost.
 // A second peer connection sends the camera at a few frames per second to the service's coach,
 // which answers on the data channel "coach" (framing, head-pose coverage, expressions, enough).
 // The training job lives on the service: its id is kept in the address (?job=) and in
@@ -51,6 +52,7 @@ const create = {
   recorder: null,
   recording: null, // {started, chunks: [Blob], bytes, type, timer}
   uploader: null,
+  recorded: null, // the last recording: {bytes, seconds, type, bitrate}
   upload: null, // the finished upload's id
   coach: null, // {pc, channel}
   coachMessages: 0,
@@ -235,65 +237,31 @@ function drawBars() {
 // ---- recording and the uploader ----
 
 class Uploader {
-  /** Sends the Blobs pushed to it, in order, to upload `id`; resumes where the service stands. */
-  constructor(id, onProgress) {
+  /** Sends `blob` to upload `id` in pieces; after a refused offset (409) or a lost connection it
+   * goes on from the byte the service says it holds. */
+  constructor(id, blob, onProgress) {
     this.id = id;
+    this.blob = blob;
+    this.total = blob.size;
     this.onProgress = onProgress;
-    this.parts = [];
-    this.total = 0; // bytes pushed
     this.received = 0; // bytes the service holds
-    this.closed = false;
-    this.running = null;
-    this.failure = null;
-    this.retries = 0;
-    this.waiters = [];
-  }
-
-  push(blob) {
-    if (!blob.size) return;
-    this.parts.push(blob);
-    this.total += blob.size;
-    this.kick();
-  }
-
-  /** Resolves when every byte pushed is on the service (after `close`), rejects on a refusal. */
-  finish() {
-    this.closed = true;
-    this.kick();
-    return new Promise((resolve, reject) => {
-      this.waiters.push({ resolve, reject });
-      this.settle();
-    });
-  }
-
-  settle() {
-    if (!this.failure && !(this.closed && this.received >= this.total && !this.running)) return;
-    for (const w of this.waiters.splice(0)) this.failure ? w.reject(this.failure) : w.resolve(this.received);
-  }
-
-  kick() {
-    if (!this.running && !this.failure) this.running = this.run().finally(() => {
-      this.running = null;
-      this.settle();
-      if (!this.failure && this.received < this.total) this.kick();
-    });
+    this.retries = 0; // connection losses survived
   }
 
   async run() {
     const path = `/api/create/uploads/${encodeURIComponent(this.id)}`;
+    this.onProgress(this, null);
     while (this.received < this.total) {
       const start = this.received;
-      const piece = new Blob(this.parts).slice(start, Math.min(this.total, start + MAX_PUT));
+      const piece = this.blob.slice(start, Math.min(this.total, start + MAX_PUT));
       try {
-        const answer = await request("PUT", `${path}?offset=${start}`, piece);
-        this.received = answer.received;
-        this.retries = 0;
+        this.received = (await request("PUT", `${path}?offset=${start}`, piece)).received;
       } catch (err) {
         if (err instanceof HttpError && err.status === 409 && Number.isFinite(err.data?.received)) {
           this.received = err.data.received; // the service holds a different amount: go on from there
         } else if (err instanceof TypeError || (err instanceof HttpError && err.status >= 502 && err.status <= 504)) {
           this.retries += 1;
-          this.onProgress(this, `connection lost, retrying (attempt ${this.retries})`);
+          this.onProgress(this, `connection lost, resuming (attempt ${this.retries})`);
           await new Promise((r) => setTimeout(r, Math.min(8000, 500 * 2 ** Math.min(4, this.retries - 1))));
           try {
             this.received = (await api(path)).received;
@@ -302,12 +270,12 @@ class Uploader {
           }
           continue;
         } else {
-          this.failure = err;
-          return;
+          throw err;
         }
       }
       this.onProgress(this, null);
     }
+    return this.received;
   }
 }
 
@@ -316,8 +284,7 @@ function showUpload(uploader, trouble) {
   node.dataset.received = String(uploader.received);
   node.dataset.total = String(uploader.total);
   node.dataset.retries = String(uploader.retries);
-  const of = uploader.closed ? ` of ${megabytes(uploader.total)}` : "";
-  node.textContent = `uploaded ${megabytes(uploader.received)}${of}${trouble ? `: ${trouble}` : ""}`;
+  node.textContent = `uploaded ${megabytes(uploader.received)} of ${megabytes(uploader.total)}${trouble ? `: ${trouble}` : ""}`;
 }
 
 function recorderType() {
@@ -330,38 +297,35 @@ function recorderBitrate() {
   return Math.round(Math.min(16e6, Math.max(2.5e6, width * height * frameRate * 0.25)));
 }
 
-async function newUpload(bytes, type) {
-  const answer = await api("/api/create/uploads", { bytes, type });
-  return answer.upload;
-}
-
 async function startRecording() {
   showError(null);
   const type = recorderType();
   if (!type) return showError(new Error("This browser cannot record video (no MediaRecorder): use a current Chrome, Edge or Firefox, or upload a video file."));
   const bitrate = recorderBitrate();
   const maxSeconds = create.info?.max_seconds ?? 180;
-  // The size is not known before the end: announce what this bitrate makes at most in maxSeconds.
-  const expected = Math.min(create.info?.max_upload_bytes ?? Infinity, Math.ceil((bitrate / 8) * maxSeconds * 1.1));
-  let id;
-  try {
-    id = await newUpload(expected, type);
-  } catch (err) {
-    return showError(err);
-  }
+  const maxBytes = create.info?.max_upload_bytes ?? Infinity;
   startCoach().catch(coachFailed); // a fresh coach: coverage counts this recording only
-  const uploader = new Uploader(id, showUpload);
   const recorder = new MediaRecorder(create.stream, { mimeType: type, videoBitsPerSecond: bitrate });
-  const recording = { started: performance.now(), bytes: 0, chunks: 0, type, bitrate, uploader };
+  // The pieces stay in memory until the end: the service takes an upload of a declared size.
+  const recording = { started: performance.now(), bytes: 0, chunks: [], type, bitrate };
   recorder.ondataavailable = (e) => {
+    if (!e.data.size) return;
+    recording.chunks.push(e.data);
     recording.bytes += e.data.size;
-    recording.chunks += 1;
-    uploader.push(e.data);
+    $("upload").textContent = `recorded ${megabytes(recording.bytes)}`;
+    if (recording.bytes > maxBytes * 0.97 && create.recording === recording) {
+      $("coach-note").textContent = "The recording reached the service's size limit: it stops here.";
+      stopRecording();
+    }
   };
-  recorder.onstop = () => finishUpload(uploader);
+  recorder.onstop = () => {
+    create.recorded = recording;
+    const blob = new Blob(recording.chunks, { type });
+    recording.chunks = [];
+    uploadBlob(blob, type);
+  };
   create.recorder = recorder;
   create.recording = recording;
-  create.uploader = uploader;
   create.upload = null;
   recorder.start(CHUNK_MS);
   recording.timer = setInterval(() => {
@@ -386,37 +350,30 @@ function stopRecording() {
   if (!recording) return;
   create.recording = null;
   clearInterval(recording.timer);
+  recording.seconds = (performance.now() - recording.started) / 1000;
   $("rec-time").dataset.recording = "false";
   $("stop").hidden = true;
   $("record").hidden = false;
   $("record").disabled = true; // until the upload is through
-  create.recorder.stop(); // its last piece arrives before onstop
+  $("file").disabled = true;
+  create.recorder.stop(); // its last piece arrives before onstop, which uploads
+  stopCoach(); // the last advice stays on the page; the tracker's CPU goes back to the service
   setStep("uploading");
 }
 
-async function uploadFile(file) {
+/** Upload a recording or a chosen file; on success the training form takes it. */
+async function uploadBlob(blob, type) {
   showError(null);
-  let id;
-  try {
-    id = await newUpload(file.size, file.type || "application/octet-stream");
-  } catch (err) {
-    $("file").value = "";
-    return showError(err);
-  }
-  const uploader = new Uploader(id, showUpload);
-  create.uploader = uploader;
-  create.upload = null;
-  uploader.push(file);
   setStep("uploading");
   $("record").disabled = true;
-  await finishUpload(uploader);
-}
-
-async function finishUpload(uploader) {
+  $("file").disabled = true;
+  $("train").disabled = true;
   try {
-    await uploader.finish();
-    showUpload(uploader, null);
-    create.upload = uploader.id;
+    const { upload } = await api("/api/create/uploads", { bytes: blob.size, type: type || "application/octet-stream" });
+    const uploader = new Uploader(upload, blob, showUpload);
+    create.uploader = uploader;
+    await uploader.run();
+    create.upload = upload;
     $("train").disabled = false;
     setStep("uploaded");
   } catch (err) {
@@ -446,6 +403,7 @@ async function startJob(event) {
     const job = await api("/api/create/jobs", body);
     create.upload = null; // the job owns it now
     follow(job);
+    $("train-step").scrollIntoView({ block: "start" });
   } catch (err) {
     showError(err);
     $("train").disabled = false;
@@ -521,6 +479,9 @@ function showJob(job) {
   const step = ACTIVE.has(job.state) ? "training" : job.state;
   if (!create.recording && document.body.dataset.step !== "uploading") setStep(step);
   if (job.state === "done" && previous?.state !== "done") refreshAvatars();
+  if (previous && job.state !== previous.state && ["consent", "done"].includes(job.state)) {
+    $(job.state === "done" ? "live-step" : "consent-step").scrollIntoView({ block: "start" });
+  }
 }
 
 function showCheckpoints(points) {
@@ -682,7 +643,10 @@ async function start() {
   showConsent(null);
   $("record").addEventListener("click", startRecording);
   $("stop").addEventListener("click", stopRecording);
-  $("file").addEventListener("change", (e) => e.target.files[0] && uploadFile(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    if (file) uploadBlob(file, file.type);
+  });
   $("train-form").addEventListener("submit", startJob);
   $("cancel").addEventListener("click", cancelJob);
   $("consent-form").addEventListener("submit", giveConsent);
@@ -702,7 +666,7 @@ async function start() {
     return showError(err);
   }
   fillInfo(create.info);
-  if (create.jobId) poll();
+  if (create.jobId) await poll();
   try {
     await openCamera();
   } catch (err) {
@@ -710,7 +674,11 @@ async function start() {
     return showError(err);
   }
   $("record").disabled = false;
-  if (!create.jobId) setStep("ready");
+  if (create.job && ACTIVE.has(create.job.state)) {
+    $("coach-note").textContent = "The coach starts with the next recording (a training is running).";
+    return;
+  }
+  if (!create.job) setStep("ready");
   startCoach().catch(coachFailed); // framing advice before the recording starts
 }
 
