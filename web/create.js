@@ -218,7 +218,8 @@ function showCoverage(coverage, fraction) {
   let filled = 0;
   rows.forEach((row, r) =>
     row.forEach((on, c) => {
-      const cell = grid.children[r * columns + c];
+      // Yaw > 0 is the face turned to the person's left; mirrored like the preview, that is the left.
+      const cell = grid.children[r * columns + (columns - 1 - c)];
       cell.classList.toggle("on", Boolean(on));
       filled += on ? 1 : 0;
     }),
