@@ -52,6 +52,7 @@ const create = {
   recorder: null,
   recording: null, // {started, chunks: [Blob], bytes, type, timer}
   uploader: null,
+  putBytes: MAX_PUT, // bytes per PUT (tests make it small to send many)
   recorded: null, // the last recording: {bytes, seconds, type, bitrate}
   upload: null, // the finished upload's id
   coach: null, // {pc, channel}
@@ -229,6 +230,14 @@ function showCoverage(coverage, fraction) {
   $("coverage").textContent = fraction == null ? "–" : `${Math.round(100 * fraction)} % covered`;
 }
 
+function resetCoach() {
+  showCoverage(null, null);
+  for (const bar of $("bars").children) {
+    bar.dataset.value = "0";
+    bar.querySelector("b > span").style.width = "0%";
+  }
+}
+
 function drawBars() {
   $("bars").innerHTML = EXPRESSIONS.map(
     ([key, label]) => `<div class="bar-row" data-key="${key}" data-value="0"><span class="label">${label}</span><b><span></span></b></div>`,
@@ -254,7 +263,7 @@ class Uploader {
     this.onProgress(this, null);
     while (this.received < this.total) {
       const start = this.received;
-      const piece = this.blob.slice(start, Math.min(this.total, start + MAX_PUT));
+      const piece = this.blob.slice(start, Math.min(this.total, start + create.putBytes));
       try {
         this.received = (await request("PUT", `${path}?offset=${start}`, piece)).received;
       } catch (err) {
@@ -306,6 +315,7 @@ async function startRecording() {
   const maxSeconds = create.info?.max_seconds ?? 180;
   const maxBytes = create.info?.max_upload_bytes ?? Infinity;
   startCoach().catch(coachFailed); // a fresh coach: coverage counts this recording only
+  resetCoach();
   const recorder = new MediaRecorder(create.stream, { mimeType: type, videoBitsPerSecond: bitrate });
   // The pieces stay in memory until the end: the service takes an upload of a declared size.
   const recording = { started: performance.now(), bytes: 0, chunks: [], type, bitrate };
@@ -407,7 +417,10 @@ async function startJob(event) {
     $("train-step").scrollIntoView({ block: "start" });
   } catch (err) {
     showError(err);
-    $("train").disabled = false;
+    if (err instanceof HttpError && err.status === 415) {
+      create.upload = null; // not a video: record again or choose another file
+      setStep("ready");
+    } else $("train").disabled = false;
   }
 }
 
