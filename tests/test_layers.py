@@ -32,7 +32,10 @@ LAYERS: tuple[tuple[tuple[str, str], ...], ...] = (
         ("sinks", "where avatar frames go: one file per kind, the `SINKS` registry"),
     ),
     (("pipeline", "the avatar session, its idle pose, shared engines"),),
-    (("cluster", "Ray: the avatar session as an actor, placement and capacity"),),
+    (
+        ("cluster", "Ray: the avatar session as an actor, placement and capacity"),
+        ("create", "making an avatar from the page: the recording coach, uploads, jobs"),
+    ),
     (
         ("serve", "`avatarcam serve`/`demo`: config, service, peers, HTTP, security, capacity"),
         ("connect", "`avatarcam connect`: config, link, stats, client"),

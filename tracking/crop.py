@@ -9,6 +9,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from tracking import recording
+
 F32 = npt.NDArray[np.float32]
 U8 = npt.NDArray[np.uint8]
 
@@ -56,6 +58,11 @@ class Crop:
         return {"x0": self.x0, "y0": self.y0, "side": self.side, "size": self.size}
 
 
+def portrait_side(face_px: float) -> float:
+    """Side (pixels) of the portrait crop around a face `face_px` tall (`tracker.face_size`)."""
+    return ENLARGE * HEAD_PER_FACE * face_px
+
+
 def portrait_crop(
     centres: F32, face_sizes: F32, frame_width: int, frame_height: int, size: int
 ) -> tuple[Crop, list[str]]:
@@ -66,9 +73,9 @@ def portrait_crop(
     warnings: list[str] = []
     face = float(np.median(face_sizes))
     cx, cy = (float(v) for v in np.median(centres, axis=0))
-    side = ENLARGE * HEAD_PER_FACE * face
+    side = portrait_side(face)
     limit = float(min(frame_width, frame_height))
-    if side > limit:
+    if not recording.crop_fits(side, frame_width, frame_height):
         warnings.append(
             f"the face fills the frame: a {ENLARGE}x portrait crop needs {side:.0f} px but the frame has "
             f"{limit:.0f}; hair and shoulders will be cut. Record from further away."

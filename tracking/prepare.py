@@ -40,13 +40,14 @@ import numpy.typing as npt
 import torch
 from tqdm import tqdm
 
+from tracking import recording
 from tracking.assets import sha256_of
 from tracking.crop import Crop, portrait_crop
 from tracking.expression import ExpressionModel
 from tracking.mesh import CanonicalMesh, load_canonical_mesh
 from tracking.render import FaceRenderer
 from tracking.texture import back_project
-from tracking.tracker import BLENDSHAPE_NAMES, FaceTrack, FaceTracker, face_size
+from tracking.tracker import FaceTrack, FaceTracker, face_size
 from tracking.video import TrackedVideo, VideoInfo, probe, read_frames
 
 F32 = npt.NDArray[np.float32]
@@ -396,32 +397,28 @@ def check_tracking(video: TrackedVideo) -> list[str]:
         )
     warnings: list[str] = []
     lost = 1 - tracked / total
-    if lost > 0.10:
+    if recording.face_lost_too_often(lost):
         warnings.append(f"{name}: the face was lost in {lost:.0%} of frames; keep it in view, unobstructed and lit")
     tracks = [t for t in video.tracks if t is not None]
-    several = np.mean([t.faces > 1 for t in tracks])
-    if several > 0.05:
+    several = float(np.mean([t.faces > 1 for t in tracks]))
+    if recording.several_faces_too_often(several):
         warnings.append(
             f"{name}: another face is visible in {several:.0%} of frames; the largest is used. Record alone"
         )
-    pose = np.array([t.pose.as_vector()[:3] for t in tracks])
-    lo, hi = np.percentile(pose, [5, 95], axis=0)
-    pitch_range, yaw_range = hi[0] - lo[0], hi[1] - lo[1]
-    if yaw_range < 20 or pitch_range < 10:
+    yaw_range, pitch_range = recording.rotation_ranges(np.array([t.pose.as_vector()[:2] for t in tracks]))
+    if not recording.enough_rotation(yaw_range, pitch_range):
         warnings.append(
             f"{name}: little head rotation (yaw range {yaw_range:.0f}°, pitch {pitch_range:.0f}°); turn your "
             "head left, right, up and down while recording so the avatar can follow"
         )
-    blend = np.array([t.blendshapes for t in tracks])
-    expressive = np.percentile(blend[:, 1:], 95, axis=0).max() - np.percentile(blend[:, 1:], 5, axis=0).min()
-    jaw = np.percentile(blend[:, BLENDSHAPE_NAMES.index("jawOpen")], 95)
-    if jaw < 0.2 or expressive < 0.4:
+    jaw, expressive = recording.expression_ranges(np.array([t.blendshapes for t in tracks]))
+    if not recording.enough_expression(jaw, expressive):
         warnings.append(
             f"{name}: little expression range (jawOpen 95th percentile {jaw:.2f}); talk, smile, open your "
             "mouth and raise your brows while recording"
         )
     face = float(np.median([face_size(t.landmarks) for t in tracks]))
-    if face < 128:
+    if recording.face_too_small(face):
         warnings.append(f"{name}: the face is only {face:.0f} px tall; move closer or record at a higher resolution")
     return warnings
 
