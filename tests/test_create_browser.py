@@ -9,7 +9,6 @@ screenshots land in test-artifacts/create-*.jpg; docs/create.md shows copies of 
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import socket
@@ -305,9 +304,9 @@ def test_create_whole_flow_records_trains_and_goes_live(
             (ARTIFACTS / "create-record.jpg.done").touch()
         time.sleep(0.5)
     (ARTIFACTS / "create-record.jpg.done").unlink(missing_ok=True)
-    # The head turns in cap12: the pose map fills as the recording goes on, and never empties.
-    assert filled[-1] >= 2 and filled[-1] > filled[0], filled
-    assert all(b >= a for a, b in itertools.pairwise(filled)), filled
+    # The head turns in cap12: the pose map fills as the recording goes on (it is placed around the
+    # middle of the range covered so far, so a cell may move as that range grows).
+    assert filled[0] <= 1 and max(filled) >= 3 and filled[-1] > filled[0], filled
     assert set(bars) == {"jawOpen", "smile", "blink", "brows", "lips"} and max(bars.values()) > 0, bars
     assert _create(page, "coachMessages") > 20  # ~4 a second
 
