@@ -434,6 +434,9 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--camera-resampler", choices=["cubic", "lanczos", "linear"], default="cubic", help="the avatar's upscaler"
     )
+    p.add_argument(
+        "--create-dir", type=Path, help="uploads, jobs and avatars of the /create page (default: <cache>/create)"
+    )
     _add_security_options(p)
 
 
@@ -511,6 +514,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-every", type=int, default=250)
     p.add_argument("--max-frames", type=int, help="use only the first N training frames")
     p.add_argument("--loss", type=_loss_override, action="append", default=[], help="NAME=WEIGHT, e.g. cos=0")
+    p.add_argument(
+        "--heldout-frames",
+        type=int,
+        default=0,
+        help="at each checkpoint, LPIPS on N test frames and of the mean training frame, into logs/heldout.jsonl",
+    )
     p.set_defaults(handler=_train)
 
     p = sub.add_parser("export", help="write one self-describing .avatar file from a training run")

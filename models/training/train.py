@@ -31,8 +31,10 @@ from tqdm import tqdm
 
 from models.networks.presets import Preset, get_preset
 from models.networks.selfieavatar import Discriminator, SelfieAvatarGenerator
+from models.pretrained.cache import AssetMissing
 from models.training import checkpoint as ckpt
-from models.training.data import Batch, FrameSet, cut, detail_boxes
+from models.training.data import Batch, DatasetError, FrameSet, cut, detail_boxes
+from models.training.heldout import HeldOut
 from models.training.objective import LossTerms, TrainingLosses
 
 
@@ -56,6 +58,8 @@ class TrainOptions:
         minutes: a wall-clock budget; the schedule (learning-rate decay, freezing G_f / G_b)
             follows the fraction of it used, and the run stops once it is spent. Overrides steps.
         overrides: preset fields as (section.field, JSON value), e.g. ("network.rgb_skip", "false").
+        heldout_frames: at each checkpoint, LPIPS of the EMA generator and of the mean training
+            frame on this many test frames, into logs/heldout.jsonl (0: off; `heldout.HeldOut`).
     """
 
     data: Path
@@ -72,6 +76,7 @@ class TrainOptions:
     losses: tuple[tuple[str, float], ...] = ()
     minutes: float | None = None
     overrides: tuple[tuple[str, str], ...] = ()
+    heldout_frames: int = 0
 
     def resolved_preset(self) -> Preset:
         preset = override_preset(get_preset(self.preset), self.overrides)
@@ -366,6 +371,20 @@ def budget_seconds(options: TrainOptions, resumed: Path | None) -> float | None:
     return None
 
 
+def _heldout(
+    options: TrainOptions, frames: FrameSet, device: torch.device, log: Callable[[str], None]
+) -> HeldOut | None:
+    """The held-out LPIPS probe when asked for; None (with a line saying why) when the dataset has
+    no test split or the LPIPS weights are not installed: training goes on without the curve."""
+    if options.heldout_frames <= 0:
+        return None
+    try:
+        return HeldOut(options.data, frames, options.heldout_frames, device)
+    except (DatasetError, AssetMissing) as exc:
+        log(f"no held-out LPIPS: {exc}")
+        return None
+
+
 def _distributed() -> tuple[int, int]:
     """(rank, world size) under torchrun; (0, 1) otherwise."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -428,6 +447,7 @@ def run(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str, 
     if scalars is not None:
         scalars.parent.mkdir(parents=True, exist_ok=True)
     logs: dict[str, float] = {}
+    heldout = _heldout(options, frames, device, log) if rank == 0 else None
 
     def used() -> float:
         """Seconds of the budget spent, agreed by every rank (rank 0's clock)."""
@@ -462,6 +482,8 @@ def run(options: TrainOptions, log: Callable[[str], None] = print) -> dict[str, 
                 writer.add_image("samples", grid, trainer.step, dataformats="HWC")
         if trainer.step % options.checkpoint_every == 0 or finished:
             trainer.save(run_dir, {"options": json.loads(json.dumps(asdict(options), default=str))})
+            if heldout is not None:
+                heldout.record(run_dir, trainer.step, spent + time.perf_counter() - began, trainer.ema)
     bar.close()
     if writer is not None:
         writer.close()

@@ -64,6 +64,8 @@ class ServeConfig:
         virtualcam_optional: without a virtual camera device, warn and go on (the demo).
         shutdown_timeout: seconds to close peers and sessions on SIGINT/SIGTERM before cancelling.
         web_root: folder of the page and dashboard.
+        create_dir: the /create page's uploads, jobs and finished avatars (None: `<cache>/create`,
+            the cache being $AVATARCAM_HOME, else ~/.cache/avatarcam).
     """
 
     avatars: tuple[Path, ...]
@@ -101,6 +103,7 @@ class ServeConfig:
     virtualcam_optional: bool = False
     shutdown_timeout: float = 5.0
     web_root: Path = Path(__file__).resolve().parents[2] / "web"
+    create_dir: Path | None = None
 
     @property
     def loopback(self) -> bool:

@@ -2,7 +2,8 @@
 
 aiohttp on one port: `/` page, `/dashboard`, `/static/*` (files of `web/`), `POST /offer`
 (aiortc's {"sdp", "type"} convention), `/api/info`, `/api/sessions`, `POST /api/control`,
-`/ws` (dashboard feed and control), `/metrics` (Prometheus). `Server` has startup / main loop /
+`/ws` (dashboard feed and control), `/metrics` (Prometheus), and `/create` with its API
+(`create_routes`). `Server` has startup / main loop /
 shutdown; `run(config)` adds signal handling and is all the CLI calls.
 """
 
@@ -22,6 +23,7 @@ from aiohttp import WSMsgType, web
 
 from streamer.serve.config import ServeConfig
 from streamer.serve.cookies import SessionCookies
+from streamer.serve.create_routes import add_create_routes, is_create_route
 from streamer.serve.guard import ROLE, Guard, listen, page, read_json
 from streamer.serve.security import (
     AccessPolicy,
@@ -116,7 +118,7 @@ class Server:
             SessionCookies(self.config.token, self.config.operator_token, self.config.tls),
             started="avatarcam serve",
             host_hint="avatarcam",
-            operator_routes=lambda request: request.path in OPERATOR_ROUTES,
+            operator_routes=lambda request: request.path in OPERATOR_ROUTES or is_create_route(request.path),
             operator_only=OPERATOR_ONLY,
             allowed_origins=self.config.allowed_origins,
         )
@@ -146,6 +148,7 @@ class Server:
                 web.get("/healthz", self._health),
             ]
         )
+        add_create_routes(app, self.service, self.config)
         if web_root.is_dir():
             app.router.add_static("/static", web_root)
         self._runner, self.port = await listen(app, self.config.host, self.config.port, self._tls())
