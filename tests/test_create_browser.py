@@ -9,8 +9,8 @@ screenshots land in test-artifacts/create-*.jpg; docs/create.md shows copies of 
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import os
 import socket
 import time
 import urllib.error
@@ -90,21 +90,12 @@ def media(chromium: None, cap12: Path, tmp_path_factory: pytest.TempPathFactory)
 # ---- the service ---------------------------------------------------------------------------------
 
 
-def _home(root: Path) -> dict[str, str]:
-    """$AVATARCAM_HOME in `root`, sharing the model files already verified in the real cache."""
-    real = Path(os.environ.get("AVATARCAM_HOME") or Path.home() / ".cache" / "avatarcam")
-    root.mkdir(parents=True, exist_ok=True)
-    for name in ("models", "c2pa"):
-        if (real / name).is_dir() and not (root / name).exists():
-            (root / name).symlink_to(real / name, target_is_directory=True)
-    return {"AVATARCAM_HOME": str(root)}
-
-
-def _serve(avatar: Path, driver: Path, home: Path, port: int = 0) -> LiveService:
-    """The service as `avatarcam demo` runs it (a shared file source, the page's stream), small."""
-    args = ["serve", str(avatar), "--source", f"file:{driver}", "--loop", "--source-fps", "5"]
-    args += ["--sink", "webrtc", "--port", str(port), "--operator-token", OPERATOR, "--admission", "limit"]
-    return LiveService(args, env=_home(home))
+def _serve(avatar: Path, driver: Path, folder: Path, port: int = 0) -> LiveService:
+    """The service as `avatarcam demo` runs it (a shared file source, the page's stream), small;
+    the create page's uploads, jobs and avatars in `folder`."""
+    args = ["serve", str(avatar), "--source", f"file:{driver}", "--loop", "--source-fps", "5", "--sink", "webrtc"]
+    args += ["--port", str(port), "--operator-token", OPERATOR, "--admission", "limit", "--create-dir", str(folder)]
+    return LiveService(args)
 
 
 def _call(live: LiveService, method: str, path: str, body: Any = None, *, operator: bool = True) -> tuple[int, Any]:
@@ -123,20 +114,26 @@ def _call(live: LiveService, method: str, path: str, body: Any = None, *, operat
             return exc.code, raw.decode(errors="replace")
 
 
-def require_create(live: LiveService, what: str = "/api/create/info") -> None:
+def require_create(live: LiveService) -> None:
     """Skip, saying why, when this build of the service lacks the create routes."""
-    status, _ = _call(live, "GET", what)
+    status, _ = _call(live, "GET", "/api/create/info")
     if status == 404:
-        pytest.skip(
-            f"the service answers 404 on {what}: the create backend (streamer/serve/create_routes.py) is absent"
-        )
+        pytest.skip("the service answers 404 on /api/create/info: streamer/serve/create_routes.py is absent")
+
+
+def require_coach() -> None:
+    """Skip, saying why, when the coach's WebRTC end is absent (the service then answers
+    /api/create/coach with 501 and the page records without coaching)."""
+    for module in ("streamer.create.coach", "streamer.create.preview"):
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is absent: the service answers /api/create/coach with 501 (no coaching)")
 
 
 @pytest.fixture(scope="module")
 def service(
     chromium: None, tiny_avatar: Path, driver_video: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveService]:
-    live = _serve(tiny_avatar, driver_video, tmp_path_factory.mktemp("create-home"))
+    live = _serve(tiny_avatar, driver_video, tmp_path_factory.mktemp("create-dir"))
     try:
         yield live
     finally:
@@ -270,6 +267,129 @@ window.fetch = async (url, init = {}) => {
 """
 
 
+def _pose_and_bars(page: Browser) -> tuple[int, dict[str, float]]:
+    filled = int(page.js("return Number(document.getElementById('pose-grid').dataset.filled || 0)"))
+    bars = page.js(
+        "return Object.fromEntries([...document.querySelectorAll('#bars [data-key]')]"
+        ".map((b) => [b.dataset.key, Number(b.dataset.value)]))"
+    )
+    return filled, bars
+
+
+def test_create_coach_fills_the_pose_map_while_recording(
+    service: LiveService, media: dict[str, Path], open_browser: Any
+) -> None:
+    require_create(service)
+    require_coach()
+    page = open_browser(media["camera"])
+    _operator_page(page, service)
+    # The coach starts with the camera, before the recording (framing advice).
+    wait_until(lambda: _create(page, "coachMessages") >= 2, 90, "the coach's first messages")
+    assert _create(page, "last")["face"] is True
+    page.js("document.getElementById('record').click()")
+    wait_until(lambda: _step(page) == "recording", 20, "the recording to start")
+    before = _create(page, "coachMessages")
+    filled: list[int] = []
+    bars: dict[str, float] = {}
+    started = time.monotonic()
+    while time.monotonic() - started < 14:
+        count, bars = _pose_and_bars(page)
+        filled.append(count)
+        if len(filled) == 22:  # ~11 s in
+            _shoot(page, "record-step", "create-record")
+        time.sleep(0.5)
+    # The head turns in cap12: the pose map fills as the recording goes on (it is placed around the
+    # middle of the range covered so far, so a cell may move as that range grows).
+    assert filled[0] <= 1 and max(filled) >= 3 and filled[-1] > filled[0], filled
+    assert set(bars) == {"jawOpen", "smile", "blink", "brows", "lips"} and max(bars.values()) > 0, bars
+    assert _create(page, "coachMessages") - before >= 14 * 2, "fewer than 2 coach messages a second"
+    page.js("document.getElementById('stop').click()")
+    wait_until(lambda: _step(page) == "uploaded", 120, "the upload to finish")
+    assert _create(page, "coach") is None, "the coach still runs after the recording"
+
+
+def test_create_coach_says_move_back_when_the_face_is_too_large(
+    service: LiveService, media: dict[str, Path], open_browser: Any
+) -> None:
+    require_create(service)
+    require_coach()
+    page = open_browser(media["close"])
+    _operator_page(page, service)
+
+    def advice() -> list[str] | None:
+        last = _create(page, "last")
+        return last["framing"] if last and "move back" in last["framing"] else None
+
+    wait_until(advice, 90, "the coach to say move back")
+    wait_until(lambda: "move back" in page.text("framing"), 10, "the page to show it")
+
+
+def test_create_refuses_bad_input_with_one_clear_message(
+    service: LiveService, media: dict[str, Path], open_browser: Any
+) -> None:
+    require_create(service)
+    # A viewer (no operator credential) is not offered the link, and is refused the page and the API.
+    viewer = open_browser(None)
+    viewer.open(service.base + "/")
+    wait_until(lambda: viewer.js("return document.body.dataset.state") != "loading", 60, "the viewer's page")
+    assert viewer.js("return document.getElementById('create-link').hidden") is True
+    viewer.open(service.base + "/create")
+    refusal = viewer.js("return document.body.textContent")
+    assert "operator" in refusal and "record-step" not in viewer.driver.page_source, refusal
+    status, answer = _call(service, "POST", "/api/create/jobs", {"upload": "0" * 16, "minutes": 1}, operator=False)
+    assert status == 403 and "operator" in answer["error"], (status, answer)
+    status, answer = _call(service, "GET", "/api/create/info", operator=False)
+    assert status == 403, (status, answer)
+
+    # Not a video, chosen in the page's file picker: uploaded, then refused with its message.
+    page = open_browser(None)
+    _operator_page(page, service)
+    _choose_file(page, media["notes"])
+    wait_until(lambda: _step(page) == "uploaded", 60, "the upload of the text file")
+    _train(page, 1)
+    wait_until(lambda: _error(page), 30, "the refusal")
+    assert page.js("return document.getElementById('error').dataset.status") == "415"
+    assert "not a video" in _error(page), _error(page)
+    # Nothing else is lost: the page is ready for a recording or another file.
+    assert _step(page) == "ready" and not page.js("return document.getElementById('file').disabled")
+    _shoot(page, "error", "create-error")
+
+    # Over the size limit: the service says so before a byte is sent, and the page shows it.
+    info = _call(service, "GET", "/api/create/info")[1]
+    too_big = info["max_upload_bytes"] + 1
+    status, answer = _call(service, "POST", "/api/create/uploads", {"bytes": too_big, "type": "video/webm"})
+    assert status == 413 and "limit" in answer["error"], (status, answer)
+    page.js(
+        "const input = document.getElementById('file');"
+        "const big = new File([new Uint8Array(8)], 'big.webm', { type: 'video/webm' });"
+        "Object.defineProperty(big, 'size', { value: arguments[0] });"  # a size the page declares
+        "const files = new DataTransfer(); files.items.add(big); input.files = files.files;"
+        "input.dispatchEvent(new Event('change'));",
+        too_big,
+    )
+    wait_until(lambda: page.js("return document.getElementById('error').dataset.status") == "413", 30, "413")
+    assert _error(page) == answer["error"]
+
+
+def test_create_recording_without_a_face_fails_with_prepares_message(
+    service: LiveService, media: dict[str, Path], open_browser: Any
+) -> None:
+    require_create(service)
+    page = open_browser(media["faceless"])
+    _operator_page(page, service)
+    wait_until(lambda: not page.js("return document.getElementById('record').disabled"), 30, "the camera")
+    page.js("document.getElementById('record').click()")
+    time.sleep(4)
+    page.js("document.getElementById('stop').click()")
+    wait_until(lambda: _step(page) == "uploaded", 60, "the upload")
+    _train(page, 1)
+    failed = _wait_job(page, {"failed", "done", "cancelled"}, 300, "prepare to give up")
+    assert failed["state"] == "failed" and failed["error"], failed
+    assert "face" in failed["error"].lower(), failed["error"]
+    wait_until(lambda: _error(page) == failed["error"], 10, "the page to show prepare's message")
+    assert failed["avatar"] is None and failed["checkpoints"] == []
+
+
 def test_create_whole_flow_records_trains_and_goes_live(
     service: LiveService, media: dict[str, Path], open_browser: Any
 ) -> None:
@@ -280,36 +400,12 @@ def test_create_whole_flow_records_trains_and_goes_live(
     wait_until(lambda: page.js("return !document.getElementById('create-link').hidden"), 20, "the dashboard's link")
     page.open(service.base + "/")
     wait_until(lambda: page.js("return !document.getElementById('create-link').hidden"), 30, "the page's link")
-    page.open(service.base + "/create")
-
-    # Coaching starts with the camera, before the recording.
-    require_create(service, "/api/create/coach")  # a GET: 405 when the route exists, 404 when not
-    wait_until(lambda: _create(page, "coachMessages") >= 2, 90, "the coach's first messages")
-    assert _create(page, "last")["face"] is True
+    page.js("document.getElementById('create-link').click()")
+    wait_until(lambda: not page.js("return document.getElementById('record')?.disabled ?? true"), 60, "the camera")
     page.js("window.avatarcamCreate.putBytes = 200000;" + FLAKY_FETCH)
 
     page.js("document.getElementById('record').click()")
-    wait_until(lambda: _step(page) == "recording", 20, "the recording to start")
-    filled: list[int] = []
-    bars: dict[str, float] = {}
-    started = time.monotonic()
-    while time.monotonic() - started < 15:
-        filled.append(int(page.js("return Number(document.getElementById('pose-grid').dataset.filled || 0)")))
-        bars = page.js(
-            "return Object.fromEntries([...document.querySelectorAll('#bars [data-key]')]"
-            ".map((b) => [b.dataset.key, Number(b.dataset.value)]))"
-        )
-        if time.monotonic() - started > 11 and not (ARTIFACTS / "create-record.jpg.done").exists():
-            _shoot(page, "record-step", "create-record")
-            (ARTIFACTS / "create-record.jpg.done").touch()
-        time.sleep(0.5)
-    (ARTIFACTS / "create-record.jpg.done").unlink(missing_ok=True)
-    # The head turns in cap12: the pose map fills as the recording goes on (it is placed around the
-    # middle of the range covered so far, so a cell may move as that range grows).
-    assert filled[0] <= 1 and max(filled) >= 3 and filled[-1] > filled[0], filled
-    assert set(bars) == {"jawOpen", "smile", "blink", "brows", "lips"} and max(bars.values()) > 0, bars
-    assert _create(page, "coachMessages") > 20  # ~4 a second
-
+    time.sleep(15)
     page.js("document.getElementById('stop').click()")
     wait_until(lambda: _step(page) == "uploaded", 120, "the upload to finish")
     recorded = page.js(
@@ -331,16 +427,21 @@ def test_create_whole_flow_records_trains_and_goes_live(
     assert job["preset"] == "tiny" and job["minutes"] == MINUTES
     _consent(page, "cap12 (create test)")
     wait_until(lambda: _job(page).get("consent_given"), 20, "consent to be recorded")
-    wait_until(lambda: len(_job(page).get("checkpoints", [])) >= 1, 240, "a checkpoint")
+    wait_until(lambda: len(_job(page).get("checkpoints", [])) >= 2, 240, "two checkpoints")
     wait_until(lambda: page.js("return document.getElementById('sample').naturalWidth > 0"), 30, "the sample strip")
     point = _job(page)["checkpoints"][-1]
+    wait_until(
+        lambda: page.js(f"return !!document.querySelector(`#checkpoints tr[data-step='{point['step']}']`)"),
+        10,
+        "the checkpoint's row",
+    )
     row = page.js(
         "const row = document.querySelector(`#checkpoints tr[data-step='${arguments[0]}']`);"
         "return [...row.children].map((td) => td.textContent)",
         point["step"],
     )
     assert row[2] == f"{point['lpips']:.3f}" and row[3] == f"{point['baseline_lpips']:.3f}", (row, point)
-    assert page.text("job-eta") or _job(page)["eta_s"] is None
+    assert "left of a" in page.text("job-eta"), page.text("job-eta")
     _shoot(page, "train-step", "create-train")
 
     done = _wait_job(page, {"done", "failed"}, 900, "the job to finish")
@@ -353,7 +454,6 @@ def test_create_whole_flow_records_trains_and_goes_live(
 
     page.js(f"document.querySelector('#avatars button[data-live=\"{name}\"]').click()")
     wait_until(lambda: any(s["avatar"] == name for s in service.sessions()), 60, "the service's stream to switch")
-    _shoot(page, "live-step", "create-golive")
     live_link = page.js("return document.querySelector('#live-state a').href")
     page.open(live_link)
     page.wait_state({"running", "no-face"}, timeout=90)
@@ -372,8 +472,8 @@ def test_create_job_survives_reload_and_a_crash_of_the_service(
     open_browser: Any,
 ) -> None:
     port = _free_port()
-    home = tmp_path / "home"
-    live = _serve(tiny_avatar, driver_video, home, port)
+    folder = tmp_path / "create"
+    live = _serve(tiny_avatar, driver_video, folder, port)
     try:
         require_create(live)
         page = open_browser(None)  # no camera: the file picker is the other way in
@@ -393,11 +493,9 @@ def test_create_job_survives_reload_and_a_crash_of_the_service(
         # The service dies with its workers, as in a crash; started again, it resumes the job.
         live.kill(tree=True)
         wait_until(
-            lambda: page.js("return document.getElementById('error').dataset.status") == "network",
-            30,
-            "the page to notice",
+            lambda: page.js("return document.getElementById('error').dataset.status") == "network", 30, "the page"
         )
-        live = _serve(tiny_avatar, driver_video, home, port)
+        live = _serve(tiny_avatar, driver_video, folder, port)
         wait_until(lambda: _error(page) == "", 60, "the page to reconnect")
         resumed = _wait_job(page, {"training"}, 300, "training to resume")
         assert resumed["id"] == job["id"]
@@ -415,78 +513,6 @@ def test_create_job_survives_reload_and_a_crash_of_the_service(
         cancelled = _wait_job(page, {"cancelled"}, 60, "the job to cancel")
         assert cancelled["avatar"] is None
         assert _call(live, "GET", f"/api/create/jobs/{job['id']}")[1]["state"] == "cancelled"
+        assert sorted(p.name for p in (folder / job["id"]).iterdir()) == ["job.json"]  # cleaned up
     finally:
         live.kill(tree=True)
-
-
-def test_create_refuses_bad_input_with_one_clear_message(
-    service: LiveService, media: dict[str, Path], open_browser: Any
-) -> None:
-    require_create(service)
-    # A viewer (no operator credential) is not offered the link, and is refused the page and the API.
-    viewer = open_browser(None)
-    viewer.open(service.base + "/")
-    wait_until(lambda: viewer.js("return document.body.dataset.state") != "loading", 60, "the viewer's page")
-    assert viewer.js("return document.getElementById('create-link').hidden") is True
-    viewer.open(service.base + "/create")
-    refusal = viewer.js("return document.body.textContent")
-    assert "operator" in refusal and "<form" not in viewer.driver.page_source, refusal
-    status, answer = _call(service, "POST", "/api/create/jobs", {"upload": "0" * 16, "minutes": 1}, operator=False)
-    assert status == 403 and "operator" in answer["error"], (status, answer)
-    status, answer = _call(service, "GET", "/api/create/info", operator=False)
-    assert status == 403, (status, answer)
-
-    # Not a video, chosen in the page's file picker: uploaded, then refused with its message.
-    page = open_browser(None)
-    _operator_page(page, service)
-    _choose_file(page, media["notes"])
-    wait_until(lambda: _step(page) == "uploaded", 60, "the upload of the text file")
-    _train(page, 1)
-    wait_until(lambda: _error(page), 30, "the refusal")
-    assert page.js("return document.getElementById('error').dataset.status") == "415"
-    assert "not a video" in _error(page), _error(page)
-    # Nothing else is lost: the page is ready for a recording or another file.
-    assert _step(page) == "ready" and not page.js("return document.getElementById('file').disabled")
-    _shoot(page, "error", "create-error")
-
-    # Over the size limit: the service says so before a byte is sent.
-    info = _call(service, "GET", "/api/create/info")[1]
-    status, answer = _call(
-        service, "POST", "/api/create/uploads", {"bytes": info["max_upload_bytes"] + 1, "type": "video/webm"}
-    )
-    assert status == 413 and "limit" in answer["error"], (status, answer)
-
-
-def test_create_coach_says_move_back_when_the_face_is_too_large(
-    service: LiveService, media: dict[str, Path], open_browser: Any
-) -> None:
-    require_create(service, "/api/create/coach")
-    page = open_browser(media["close"])
-    _operator_page(page, service)
-
-    def advice() -> list[str] | None:
-        last = _create(page, "last")
-        return last["framing"] if last and "move back" in last["framing"] else None
-
-    wait_until(advice, 90, "the coach to say move back")
-    wait_until(lambda: "move back" in page.text("framing"), 10, "the page to show it")
-
-
-def test_create_recording_without_a_face_fails_with_prepares_message(
-    service: LiveService, media: dict[str, Path], open_browser: Any
-) -> None:
-    require_create(service)
-    page = open_browser(media["faceless"])
-    _operator_page(page, service)
-    wait_until(lambda: (_create(page, "last") or {}).get("face") is False, 90, "the coach to see no face")
-    assert page.text("framing"), "the page shows no framing advice without a face"
-    page.js("document.getElementById('record').click()")
-    time.sleep(4)
-    page.js("document.getElementById('stop').click()")
-    wait_until(lambda: _step(page) == "uploaded", 60, "the upload")
-    _train(page, 1)
-    failed = _wait_job(page, {"failed", "done", "cancelled"}, 300, "prepare to give up")
-    assert failed["state"] == "failed" and failed["error"], failed
-    assert "face" in failed["error"].lower(), failed["error"]
-    wait_until(lambda: _error(page) == failed["error"], 10, "the page to show prepare's message")
-    assert failed["avatar"] is None
