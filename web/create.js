@@ -525,7 +525,9 @@ function drawLpips(points) {
   const x = (t) => pad + (t / tMax) * (w - pad - 6);
   const y = (v) => h - 16 - (v / vMax) * (h - 26);
   const line = (key) => shown.filter((p) => p[key] != null).map((p) => `${x(p.seconds).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
-  const dots = shown.map((p) => `<circle cx="${x(p.seconds).toFixed(1)}" cy="${y(p.lpips).toFixed(1)}" r="2.5"/>`).join("");
+  const dot = (p, key) => `<circle cx="${x(p.seconds).toFixed(1)}" cy="${y(p[key]).toFixed(1)}" r="2.5"/>`;
+  const dots = shown.map((p) => dot(p, "lpips")).join("");
+  const marks = shown.filter((p) => p.baseline_lpips != null).map((p) => dot(p, "baseline_lpips")).join("");
   svg.innerHTML = `
     <line class="axis" x1="${pad}" y1="${h - 16}" x2="${w - 6}" y2="${h - 16}"/>
     <text x="${pad - 4}" y="${y(vMax / 1.1) + 4}" text-anchor="end">${(vMax / 1.1).toFixed(2)}</text>
@@ -534,6 +536,7 @@ function drawLpips(points) {
     <polyline class="baseline" points="${line("baseline_lpips")}"/>
     <polyline class="lpips" points="${line("lpips")}"/>
     <g class="lpips">${dots}</g>
+    <g class="baseline-dots">${marks}</g>
     <text class="legend-lpips" x="${pad + 4}" y="12">LPIPS</text>
     <text class="legend-baseline" x="${pad + 54}" y="12">mean frame</text>`;
 }
@@ -548,7 +551,8 @@ function showSample(job) {
   img.dataset.checkpoints = String(job.checkpoints?.length ?? 0);
   img.onload = () => {
     img.hidden = false;
-    $("sample-note").textContent = "The newest sample: real frames above, the avatar below.";
+    $("sample-note").textContent =
+      "The newest sample, one training frame a row: the real frame, the avatar's picture of it, its mask, and the two renders of the tracked face it starts from.";
   };
   img.src = `/api/create/jobs/${encodeURIComponent(job.id)}/sample.jpg?t=${Date.now()}`;
 }
