@@ -10,10 +10,11 @@ import numpy.typing as npt
 import pytest
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "512"
+ORIGINALS = SHARED.parent / "originals"  # the same videos as published: their own sizes and framing
 
 
-def shared_video(name: str) -> Path:
-    path = SHARED / name
+def shared_video(name: str, folder: Path = SHARED) -> Path:
+    path = folder / name
     if not path.exists():
         pytest.skip(f"{path} is absent: the project's real videos live in ../shared/data beside the checkout")
     return path

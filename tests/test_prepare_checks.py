@@ -42,9 +42,11 @@ def _video(
     jaw: float = 0.6,
     face_px: float = 200.0,
     crowded: int = 0,
+    luma: float = 120.0,
 ) -> TrackedVideo:
     """FRAMES frames that sweep yaw over ±yaw, pitch over ±pitch and jawOpen over [0, jaw];
-    the first `lost` have no face and the next `crowded` show a second face."""
+    the first `lost` have no face and the next `crowded` show a second face; the face's middle
+    has a mean luma of `luma`."""
     tracks: list[FaceTrack | None] = []
     for i in range(FRAMES):
         phase = np.sin(2 * np.pi * i / FRAMES)
@@ -58,7 +60,8 @@ def _video(
         )
         tracks.append(None if i < lost else track)
     info = VideoInfo(Path("selfie.mp4"), 640, 480, 25.0, FRAMES, FRAMES / 25)
-    return TrackedVideo(info, [i / 25 for i in range(FRAMES)], tracks)
+    lumas = [luma for t in tracks if t is not None]
+    return TrackedVideo(info, [i / 25 for i in range(FRAMES)], tracks, lumas)
 
 
 def test_a_good_recording_has_no_warnings() -> None:
@@ -74,6 +77,7 @@ def test_a_good_recording_has_no_warnings() -> None:
         ("pitch within 2 degrees", _video(pitch=2.0), "little head rotation"),
         ("mouth barely opens", _video(jaw=0.1), "little expression range"),
         ("face 100 px tall", _video(face_px=100.0), "only 100 px tall"),
+        ("face in the dark", _video(luma=30.0), "the face is dark (luma 30 of 255)"),
     ],
 )
 def test_each_flaw_gives_its_own_warning(flaw: str, video: TrackedVideo, says: str) -> None:
@@ -83,11 +87,14 @@ def test_each_flaw_gives_its_own_warning(flaw: str, video: TrackedVideo, says: s
 
 
 def test_thresholds_are_where_the_readme_puts_them() -> None:
-    """More than 10% lost warns, 10% does not; 128 px is the smallest face without a warning."""
+    """More than 10% lost warns, 10% does not; 128 px is the smallest face without a warning, 50
+    the darkest face luma."""
     assert check_tracking(_video(lost=10)) == []
     assert len(check_tracking(_video(lost=11))) == 1
     assert check_tracking(_video(face_px=128.0)) == []
     assert len(check_tracking(_video(face_px=120.0))) == 1
+    assert check_tracking(_video(luma=50.0)) == []
+    assert len(check_tracking(_video(luma=49.0))) == 1
 
 
 def test_unusable_tracks_are_refused() -> None:

@@ -127,6 +127,7 @@ def _save_tracks(path: Path, video: TrackedVideo) -> None:
         "blendshapes": np.stack([t.blendshapes for t in good]) if good else np.zeros((0, 52), np.float32),
         "matrix": np.stack([t.matrix for t in good]) if good else np.zeros((0, 4, 4), np.float32),
         "faces": np.array([t.faces for t in good], dtype=np.int32),
+        "face_luma": np.array(video.face_luma, dtype=np.float32),
     }
     partial = path.with_name(path.name + ".partial.npz")
     np.savez(partial, **arrays)  # type: ignore[arg-type]
@@ -138,6 +139,7 @@ def _load_tracks(path: Path, info: VideoInfo, mesh: CanonicalMesh) -> TrackedVid
 
     with np.load(path) as data:
         ok, times = data["ok"], data["times"].tolist()
+        face_luma = data["face_luma"].tolist() if "face_luma" in data.files else []
         rows = iter(zip(data["landmarks"], data["blendshapes"], data["matrix"], data["faces"], strict=True))
         tracks: list[FaceTrack | None] = []
         for present in ok:
@@ -146,7 +148,7 @@ def _load_tracks(path: Path, info: VideoInfo, mesh: CanonicalMesh) -> TrackedVid
                 tracks.append(track_from_landmarks(lm, bs, mx, int(faces), mesh))
             else:
                 tracks.append(None)
-    return TrackedVideo(info, times, tracks)
+    return TrackedVideo(info, times, tracks, face_luma)
 
 
 def track_video(info: VideoInfo, config: PrepareConfig, work: Path, watch: Stopwatch) -> TrackedVideo:
@@ -158,17 +160,21 @@ def track_video(info: VideoInfo, config: PrepareConfig, work: Path, watch: Stopw
             return _load_tracks(cache, info, tracker.mesh)
         times: list[float] = []
         tracks: list[FaceTrack | None] = []
+        face_luma: list[float] = []
         expected = min(info.frames, config.max_frames or info.frames) or None
         bar = tqdm(total=expected, desc=f"track {info.path.name}", unit="frame", dynamic_ncols=True)
         start = time.perf_counter()
         for _, seconds, rgb in read_frames(info.path, config.max_frames):
             start = watch.add("decode", start)
-            tracks.append(tracker(rgb, round(seconds * 1000)))
+            track = tracker(rgb, round(seconds * 1000))
+            tracks.append(track)
             times.append(seconds)
+            if track is not None:
+                face_luma.append(recording.face_luma(rgb, track.landmarks))
             start = watch.add("track", start)
             bar.update()
         bar.close()
-    video = TrackedVideo(info, times, tracks)
+    video = TrackedVideo(info, times, tracks, face_luma)
     _save_tracks(cache, video)
     return video
 
@@ -420,6 +426,10 @@ def check_tracking(video: TrackedVideo) -> list[str]:
     face = float(np.median([face_size(t.landmarks) for t in tracks]))
     if recording.face_too_small(face):
         warnings.append(f"{name}: the face is only {face:.0f} px tall; move closer or record at a higher resolution")
+    if video.face_luma and recording.too_dark(luma := float(np.median(video.face_luma))):
+        warnings.append(
+            f"{name}: the face is dark (luma {luma:.0f} of 255); move into the light or light your face from the front"
+        )
     return warnings
 
 

@@ -27,8 +27,8 @@ MAX_FACE_LOST = 0.10  # fraction of frames without a tracked face
 MAX_SEVERAL_FACES = 0.05  # fraction of tracked frames that show another face
 # Mean luma (0-255) of the face's middle. The shared clips' faces sit at 79-167 (their 5th
 # percentiles: 81 for the dimmest, cap13, a webcam in a dim room). Darkening cap12 to half (face
-# luma 48) doubles the landmark error against the original frames (0.13% -> 0.25% of the face) and
-# leaves the face about 50 code values of 8-bit range for the avatar's texture.
+# luma 48, noise of 2 code values added) doubles the landmark error against the original frames
+# (0.13% -> 0.25% of the face) and leaves the face about 50 code values for the avatar's texture.
 MIN_FACE_LUMA = 50.0
 MAX_SECONDS = 180.0  # a recording longer than this adds little: the coach calls it enough
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # BT.601, of RGB

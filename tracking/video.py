@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,11 +100,14 @@ def read_frames(path: Path, max_frames: int | None = None) -> Iterator[tuple[int
 
 @dataclass(frozen=True)
 class TrackedVideo:
-    """Pass-1 result for one video: per-frame tracks (None where the face was lost)."""
+    """Pass-1 result for one video: per-frame tracks (None where the face was lost), and the
+    light on the face in each tracked frame (`tracking.recording.face_luma`; empty when unknown:
+    a tracking cache written before it was kept)."""
 
     info: VideoInfo
     times: list[float]
     tracks: list[FaceTrack | None]
+    face_luma: list[float] = field(default_factory=list)
 
     @property
     def tracked(self) -> list[int]:

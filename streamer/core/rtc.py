@@ -1,14 +1,16 @@
-"""aiortc settings every WebRTC user here shares (serve, connect, bench): codecs and their
-preference, the encoders' bitrate, the one ICE-server builder, and the handler for aiortc's
-closed-while-connecting task. The outgoing avatar track is `streamer.sinks.webrtc`."""
+"""aiortc settings every WebRTC user here shares (serve, create, connect, bench): codecs and
+their preference, the encoders' bitrate, the one ICE-server builder, closing a connection
+whatever state aiortc left it in, and the handler for aiortc's closed-while-connecting task. The
+outgoing avatar track is `streamer.sinks.webrtc`."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
-from aiortc import RTCConfiguration, RTCIceServer, RTCRtpSender
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCRtpSender
 from aiortc.codecs import h264, vpx
 from aiortc.exceptions import InvalidStateError
 
@@ -67,3 +69,23 @@ def tolerate_closed_connects(loop: asyncio.AbstractEventLoop) -> None:
             loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+async def close_connection(pc: RTCPeerConnection) -> None:
+    """`pc.close()`, and when aiortc trips over a half-negotiated connection (a transceiver that
+    never got a transport: found by the fuzzer), stop whatever transports it did open."""
+    try:
+        await pc.close()
+        return
+    except Exception as exc:  # aiortc's own state, not ours: clean up what exists
+        log.info("closing a half-negotiated connection: %s: %s", type(exc).__name__, exc)
+    transports: list[Any] = []
+    for transceiver in pc.getTransceivers():
+        dtls = transceiver.receiver.transport
+        transports += [dtls, getattr(dtls, "transport", None)]
+    if pc.sctp is not None:
+        transports += [pc.sctp, pc.sctp.transport, getattr(pc.sctp.transport, "transport", None)]
+    for transport in transports:
+        if transport is not None:
+            with contextlib.suppress(Exception):
+                await transport.stop()

@@ -34,9 +34,9 @@ NO_FACE = "no face: look at the camera"
 MOVE_CLOSER = "move closer"
 
 # The pose map: yaw x pitch cells around the middle of the range the head has covered. Its outer
-# columns (rows) start at COVERAGE_MARGIN x half of prepare's minimum yaw (pitch) range, so once
-# both hold the recording's 5th and 95th percentiles the range is 1.2x what prepare asks: the
-# margin absorbs the difference between these few samples a second and prepare's every frame.
+# columns (rows) start at COVERAGE_MARGIN x half of prepare's minimum yaw (pitch) range, so they
+# fill only when the range is 1.2x what prepare asks: the margin absorbs the difference between
+# these few samples a second and prepare's every frame.
 COVERAGE_MARGIN = 1.2
 CELL_SAMPLES = 2  # samples a cell needs to count as covered: one could be a tracking blip
 RECENT = 4  # framing advice follows the median of this many latest samples (1 s at 4 fps): no flicker
@@ -73,18 +73,30 @@ def coverage_edges() -> tuple[list[float], list[float]]:
 
 
 def coverage(pitch_yaw: npt.NDArray[np.float64]) -> npt.NDArray[np.int64]:
-    """[pitch rows, yaw columns] 0/1 cells covered by [N, 2] (pitch, yaw) samples, placed around
-    the middle of their 5th-95th percentile range (where the person's neutral sits relative to
-    the camera does not matter to prepare, only the range)."""
+    """[pitch rows, yaw columns] 0/1 cells covered by [N, 2] (pitch, yaw) samples.
+
+    The map sits around the middle of the samples' 5th-95th percentile range (where the person's
+    neutral sits relative to the camera does not matter to prepare, only the range), so the 5th
+    and 95th percentiles reach the outer columns exactly when the yaw range is at least twice
+    their inner edge (1.2x prepare's minimum); the outer cells count only then, even if a few
+    samples went there. So a full map means prepare's rotation check passes on these samples.
+    """
     yaw_edges, pitch_edges = coverage_edges()
     counts = np.zeros((len(pitch_edges) - 1, len(yaw_edges) - 1), np.int64)
-    if len(pitch_yaw):
-        lo, hi = np.percentile(pitch_yaw, recording.RANGE_PERCENTILES, axis=0)
-        centred = pitch_yaw - (lo + hi) / 2
-        rows = np.digitize(centred[:, 0], pitch_edges[1:-1])
-        cols = np.digitize(centred[:, 1], yaw_edges[1:-1])
-        np.add.at(counts, (rows, cols), 1)
-    return (counts >= CELL_SAMPLES).astype(np.int64)
+    if not len(pitch_yaw):
+        return counts
+    lo, hi = np.percentile(pitch_yaw, recording.RANGE_PERCENTILES, axis=0)
+    centred = pitch_yaw - (lo + hi) / 2
+    rows = np.digitize(centred[:, 0], pitch_edges[1:-1])
+    cols = np.digitize(centred[:, 1], yaw_edges[1:-1])
+    np.add.at(counts, (rows, cols), 1)
+    filled = (counts >= CELL_SAMPLES).astype(np.int64)
+    pitch_range, yaw_range = hi - lo
+    if yaw_range < 2 * yaw_edges[-2]:
+        filled[:, [0, -1]] = 0
+    if pitch_range < 2 * pitch_edges[-2]:
+        filled[[0, -1], :] = 0
+    return filled
 
 
 class Coach:
@@ -112,7 +124,7 @@ class Coach:
         self._start: float | None = None
         self._poses: deque[tuple[float, float]] = deque(maxlen=HISTORY)
         self._blends: deque[F32] = deque(maxlen=HISTORY)
-        self._recent: deque[tuple[float, float, float]] = deque(maxlen=RECENT)  # crop/frame, luma, face px
+        self._recent: deque[tuple[float, float, float]] = deque(maxlen=RECENT)  # crop, face, luma
         self._peaks = dict.fromkeys(EXPRESSIONS, 0.0)
 
     def __enter__(self) -> Coach:
@@ -130,8 +142,9 @@ class Coach:
         Returns the coach message: {"t", "face", "faces", "framing": [advice], "coverage":
         {"yaw_bins", "pitch_bins": edges in degrees, "filled": [pitch row][yaw column] 0/1},
         "fraction": covered share of the cells, "expressions": {bar: 0..1 of its target,
-        never falling}, "enough", "elapsed": seconds since the first frame}. Pitch > 0 is
-        looking down, yaw > 0 is the face turned towards the image's right (the person's left).
+        never falling}, "enough", "elapsed": seconds since the first frame}. Both edge lists
+        ascend: pitch > 0 is looking down (row 0 is looking up), yaw > 0 is the face turned
+        towards the image's right (the person's left; column 0 is turned to their right).
         """
         if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
             raise ValueError(f"expected an [H, W, 3] uint8 RGB frame, got {rgb.shape} {rgb.dtype}")
@@ -170,14 +183,16 @@ class Coach:
     def _framing(self, rgb: U8, landmarks: F32, faces: int) -> list[str]:
         height, width = rgb.shape[:2]
         size = face_size(landmarks)
-        self._recent.append((portrait_side(size), recording.face_luma(rgb, landmarks), size))
-        side, luma, face = (statistics.median(v) for v in zip(*self._recent, strict=True))
+        # Shares of the frame, not pixels: a browser may change the preview's size mid-stream.
+        luma = recording.face_luma(rgb, landmarks)
+        self._recent.append((portrait_side(size) / min(width, height), size / height, luma))
+        side, face, luma = (statistics.median(v) for v in zip(*self._recent, strict=True))
         advice = []
         if faces > 1:
             advice.append(ONE_FACE)
-        if not recording.crop_fits(side, width, height):
+        if not recording.crop_fits(side * min(width, height), width, height):
             advice.append(MOVE_BACK)
-        elif self.recording_height is not None and recording.face_too_small(face * self.recording_height / height):
+        elif self.recording_height is not None and recording.face_too_small(face * self.recording_height):
             advice.append(MOVE_CLOSER)
         if recording.too_dark(luma):
             advice.append(MORE_LIGHT)

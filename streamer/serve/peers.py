@@ -1,10 +1,8 @@
-"""One WebRTC peer of the service and how a connection is closed, whatever state aiortc left it in."""
+"""One WebRTC peer of the service."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,8 +12,6 @@ from aiortc.contrib.media import MediaBlackhole
 
 from streamer.pipeline.session import AvatarSession
 from streamer.sinks.webrtc import AvatarTrack
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -35,23 +31,3 @@ class Peer:
     # Only the client that got the answer knows it: `options.replaces` must carry it to take over
     # this peer's slot on a reconnect (its id is public, in /api/sessions and the /ws feed).
     reconnect: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-
-
-async def close_connection(pc: RTCPeerConnection) -> None:
-    """`pc.close()`, and when aiortc trips over a half-negotiated connection (a transceiver that
-    never got a transport: found by the fuzzer), stop whatever transports it did open."""
-    try:
-        await pc.close()
-        return
-    except Exception as exc:  # aiortc's own state, not ours: clean up what exists
-        log.info("closing a half-negotiated connection: %s: %s", type(exc).__name__, exc)
-    transports: list[Any] = []
-    for transceiver in pc.getTransceivers():
-        dtls = transceiver.receiver.transport
-        transports += [dtls, getattr(dtls, "transport", None)]
-    if pc.sctp is not None:
-        transports += [pc.sctp, pc.sctp.transport, getattr(pc.sctp.transport, "transport", None)]
-    for transport in transports:
-        if transport is not None:
-            with contextlib.suppress(Exception):
-                await transport.stop()

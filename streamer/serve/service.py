@@ -22,7 +22,14 @@ from aiortc.contrib.media import MediaBlackhole
 from streamer.core.clock import Clock, MonotonicClock
 from streamer.core.frames import Background
 from streamer.core.metrics import Metrics
-from streamer.core.rtc import CODECS, ice_configuration, prefer_codec, set_bitrate, tolerate_closed_connects
+from streamer.core.rtc import (
+    CODECS,
+    close_connection,
+    ice_configuration,
+    prefer_codec,
+    set_bitrate,
+    tolerate_closed_connects,
+)
 from streamer.pipeline.engine_pool import EnginePool
 from streamer.pipeline.session import AvatarEntry, AvatarSession, SessionConfig
 from streamer.provenance.identity import is_demo_identity, public_identity
@@ -30,7 +37,7 @@ from streamer.provenance.watermark import identity_digest
 from streamer.serve.capacity import Capacity, time_encoder
 from streamer.serve.config import ServeConfig
 from streamer.serve.ice import screen_candidates
-from streamer.serve.peers import Peer, close_connection
+from streamer.serve.peers import Peer
 from streamer.serve.security import client_group
 from streamer.serve.status import History, snapshot, usable_cores
 from streamer.sinks import SINKS, open_sink
