@@ -232,3 +232,18 @@ def test_avatar_round_trip(data64: Path, tmp_path: Path) -> None:
     garbage.write_bytes(b"\x00" * 64)
     with pytest.raises(AvatarError, match="not an avatar file"):
         load_avatar(garbage)
+
+
+def test_heldout_lpips_at_each_checkpoint(data64: Path, tmp_path: Path) -> None:
+    """--heldout-frames: one line per checkpoint, the avatar's LPIPS on test frames beside the
+    mean training frame's on the same frames (a constant), and the trained EMA is what is measured."""
+    from models.training.heldout import LOG, HeldOut
+
+    out = tmp_path / "run"
+    run(TrainOptions(data64, out, preset="tiny", steps=6, checkpoint_every=3, losses=QUICK, heldout_frames=4))
+    rows = [json.loads(line) for line in (out / LOG).read_text().splitlines()]
+    assert [r["step"] for r in rows] == [3, 6] and all(r["frames"] == 4 for r in rows)
+    assert rows[0]["baseline_lpips"] == rows[1]["baseline_lpips"] > 0
+    assert all(0 < r["lpips"] < 1 for r in rows) and rows[0]["seconds"] < rows[1]["seconds"]
+    probe = HeldOut(data64, FrameSet(data64, "train", 64), 4, torch.device("cpu"))
+    assert probe.measure(_generator(out)) == pytest.approx(rows[1]["lpips"], abs=1e-4)

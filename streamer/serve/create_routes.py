@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import mimetypes
 from collections.abc import Awaitable, Callable
@@ -18,19 +17,25 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import numpy as np
 import torch
 from aiohttp import web
 
+from streamer.core.rtc import ice_configuration
+from streamer.create.coach import Coach
 from streamer.create.jobs import MAX_SECONDS, JobError, JobStore, create_root, suggestion
+from streamer.create.preview import CoachOfferError, coach_answer
 from streamer.create.runner import PLANS, Runner
 from streamer.create.upload import MAX_CHUNK, MAX_UPLOAD, UploadError, Uploads, check_video
 from streamer.pipeline.session import AvatarEntry
 from streamer.serve.config import ServeConfig
 from streamer.serve.guard import page, read_json
-from streamer.serve.service import RequestError, Service
+from streamer.serve.ice import screen_candidates
+from streamer.serve.service import RequestError, Service, check_media_sections
 
 log = logging.getLogger(__name__)
 
+SAMPLE_COLUMNS = 5  # tiles per row of train's sample grid (`Trainer.sample_grid`)
 SUFFIXES = {"video/webm": ".webm", "video/mp4": ".mp4", "video/quicktime": ".mov", "video/x-matroska": ".mkv"}
 
 
@@ -194,24 +199,37 @@ class CreateRoutes:
     # ---- the coach -----------------------------------------------------------------------------
 
     async def coach(self, request: web.Request) -> web.Response:
+        """The page's low-rate preview, answered by the recording coach on its "coach" channel.
+        An optional "height" (the recording's, in pixels) lets it say "move closer"."""
         body = await read_json(request)
         if not isinstance(body, dict) or body.get("type") != "offer" or not isinstance(body.get("sdp"), str):
-            raise RequestError(400, 'expected JSON {"sdp": "...", "type": "offer"}')
+            raise RequestError(400, 'expected JSON {"sdp": "...", "type": "offer", "height"?: pixels}')
+        height = body.get("height")
+        if height is not None and (isinstance(height, bool) or not isinstance(height, int) or height <= 0):
+            raise RequestError(400, "height must be the recording's height in pixels")
+        check_media_sections(body["sdp"])
         try:
-            preview = importlib.import_module("streamer.create.preview")
-            coach = importlib.import_module("streamer.create.coach")
-        except ImportError:
-            raise RequestError(501, "this server has no recording coach yet; record without it") from None
-        answer, close = await preview.coach_answer({"sdp": body["sdp"], "type": "offer"}, coach.Coach)
+            sdp, _ = screen_candidates(body["sdp"])
+            ice = ice_configuration(self.config.ice_servers, self.config.ice_username, self.config.ice_credential)
+            answer, close = await coach_answer(
+                {"sdp": sdp, "type": "offer"}, lambda: Coach(recording_height=height), ice=ice
+            )
+        except (CoachOfferError, ValueError) as exc:
+            raise RequestError(400, f"cannot coach with this offer: {exc}") from None
         self._coaches.add(close)
         return web.json_response(answer)
 
 
 def _jpeg(path: Path) -> bytes | None:
-    image = cv2.imread(str(path))
-    if image is None:
+    """The sample strip of train's newest grid, as JPEG: its real frames in a row above the
+    avatar's (the grid's rows are frames, its columns real | generated | mask | renders)."""
+    grid = cv2.imread(str(path))
+    if grid is None or grid.shape[1] % SAMPLE_COLUMNS:
         return None
-    ok, data = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    tile = grid.shape[1] // SAMPLE_COLUMNS
+    frames = [grid[i : i + tile] for i in range(0, grid.shape[0] - tile + 1, tile)]
+    strip = np.vstack([np.hstack([f[:, :tile] for f in frames]), np.hstack([f[:, tile : 2 * tile] for f in frames])])
+    ok, data = cv2.imencode(".jpg", strip, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return data.tobytes() if ok else None
 
 
