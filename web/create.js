@@ -171,7 +171,9 @@ async function startCoach() {
   };
   await pc.setLocalDescription(await pc.createOffer());
   await iceGathered(pc);
-  const answer = await api("/api/create/coach", { sdp: pc.localDescription.sdp, type: pc.localDescription.type });
+  const { sdp, type } = pc.localDescription;
+  // The recording's height lets the coach judge the face's size in the recording, not the preview.
+  const answer = await api("/api/create/coach", { sdp, type, height: track.getSettings().height });
   if (create.coach !== coach) return;
   await pc.setRemoteDescription(answer);
   // Browsers may drop sendEncodings given to addTransceiver: set the low rate on the sender too.
@@ -551,8 +553,7 @@ function showSample(job) {
   img.dataset.checkpoints = String(job.checkpoints?.length ?? 0);
   img.onload = () => {
     img.hidden = false;
-    $("sample-note").textContent =
-      "The newest sample, one training frame a row: the real frame, the avatar's picture of it, its mask, and the two renders of the tracked face it starts from.";
+    $("sample-note").textContent = "The newest sample: real frames above, the avatar's pictures of them below.";
   };
   img.src = `/api/create/jobs/${encodeURIComponent(job.id)}/sample.jpg?t=${Date.now()}`;
 }
