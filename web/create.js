@@ -114,7 +114,7 @@ async function openCamera() {
   if (!navigator.mediaDevices?.getUserMedia) {
     throw new Error("This page needs a camera, which browsers give only to https:// pages or localhost.");
   }
-  setStep("camera");
+  if (document.body.dataset.step === "loading") setStep("camera");
   try {
     create.stream = await navigator.mediaDevices.getUserMedia({
       video: { width: { ideal: 1280, min: 320 }, height: { ideal: 720, min: 240 }, frameRate: { ideal: 30 } },
@@ -686,18 +686,20 @@ async function start() {
   }
   fillInfo(create.info);
   if (create.jobId) await poll();
+  // Whatever happened meanwhile (a file chosen, a job found) keeps its step.
+  const settle = () => ["loading", "camera"].includes(document.body.dataset.step) && setStep("ready");
   try {
     await openCamera();
   } catch (err) {
-    setStep("ready");
+    settle();
     return showError(err);
   }
-  $("record").disabled = false;
+  settle();
+  $("record").disabled = ["uploading", "recording"].includes(document.body.dataset.step);
   if (create.job && ACTIVE.has(create.job.state)) {
     $("coach-note").textContent = "The coach starts with the next recording (a training is running).";
     return;
   }
-  if (!create.job) setStep("ready");
   startCoach().catch(coachFailed); // framing advice before the recording starts
 }
 
