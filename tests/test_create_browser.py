@@ -459,6 +459,11 @@ def test_create_whole_flow_records_trains_and_goes_live(
         point["step"],
     )
     assert row[2] == f"{point['lpips']:.3f}" and row[3] == f"{point['baseline_lpips']:.3f}", (row, point)
+    # The picture for the docs: a few checkpoints into the curve, or the last of the training.
+    wait_until(
+        lambda: len(_job(page)["checkpoints"]) >= 5 or _job(page)["state"] != "training", 240, "more checkpoints"
+    )
+    time.sleep(1.5)  # the sample strip of the newest checkpoint
     _shoot(page, "train-step", "create-train")
 
     done = _wait_job(page, {"done", "failed"}, 900, "the job to finish")
