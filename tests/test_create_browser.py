@@ -476,7 +476,7 @@ def test_create_whole_flow_records_trains_and_goes_live(
 
     page.js(f"document.querySelector('#avatars button[data-live=\"{name}\"]').click()")
     wait_until(lambda: any(s["avatar"] == name for s in service.sessions()), 60, "the service's stream to switch")
-    live_link = page.js("return document.querySelector('#live-state a').href")
+    live_link = wait_until(lambda: page.js("return document.querySelector('#live-state a')?.href"), 20, "the link")
     page.open(live_link)
     page.wait_state({"running", "no-face"}, timeout=90)
     page.wait_value("stat-fps")

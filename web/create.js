@@ -37,6 +37,7 @@ const STEP_NAMES = {
   uploading: "uploading",
   uploaded: "ready to train",
   training: "training",
+  consent: "waiting for consent",
   done: "done",
   failed: "failed",
   cancelled: "cancelled",
@@ -492,7 +493,7 @@ function showJob(job) {
   showCheckpoints(job.checkpoints ?? []);
   showSample(job);
   showConsent(job);
-  const step = ACTIVE.has(job.state) ? "training" : job.state;
+  const step = job.state === "consent" ? "consent" : ACTIVE.has(job.state) ? "training" : job.state;
   if (!create.recording && document.body.dataset.step !== "uploading") setStep(step);
   if (job.state === "done" && previous?.state !== "done") refreshAvatars();
   if (previous && job.state !== previous.state && ["consent", "done"].includes(job.state)) {
