@@ -169,6 +169,34 @@ def test_the_coach_answers_over_http(tiny_avatar: Path, cap12: Path, tmp_path: P
     assert refused[0] == 400 and "no video" in refused[1]
 
 
+def test_a_recording_without_a_face_fails_with_prepares_message(tiny_avatar: Path, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    wall = [np.full((256, 256, 3), 90 + i, np.uint8) + rng.integers(0, 20, (256, 256, 3), np.uint8) for i in range(30)]
+    video = write_video(tmp_path / "wall.mp4", wall).read_bytes()  # a real video of a wall: no face in it
+
+    async def scenario() -> dict[str, Any]:
+        async with running(tiny_avatar, tmp_path / "create") as url, aiohttp.ClientSession(headers=AS_OPERATOR) as http:
+            async with http.post(f"{url}/api/create/uploads", json={"bytes": len(video), "type": "video/mp4"}) as r:
+                upload = (await r.json())["upload"]
+            async with http.put(f"{url}/api/create/uploads/{upload}?offset=0", data=video) as r:
+                assert r.status == 200
+            body = {"upload": upload, "minutes": 1, "preset": "tiny"}
+            async with http.post(f"{url}/api/create/jobs", json=body) as r:
+                job = await r.json()
+                assert r.status == 200, job
+            end = time.monotonic() + DEADLINE
+            while job["state"] not in ("failed", "done") and time.monotonic() < end:
+                await asyncio.sleep(0.25)
+                async with http.get(f"{url}/api/create/jobs/{job['id']}") as r:
+                    job = await r.json()
+            return job
+
+    job = asyncio.run(scenario())
+    assert job["state"] == "failed" and job["position"] is None, job
+    assert job["error"].startswith("video.mp4: no face found in 30 frames; record your face")
+    assert [p.name for p in (tmp_path / "create" / job["id"]).iterdir()] == ["job.json"]
+
+
 # ---- the whole flow, with a server killed during training --------------------------------------------
 
 

@@ -384,3 +384,17 @@ def test_stage_messages_and_prepare_progress(tmp_path: Path) -> None:
     log.write_text("Traceback ...\navatarcam: error: the dataset is broken; re-run prepare\n")
     assert stage_error(log, "train", 2) == "the dataset is broken; re-run prepare"
     assert prepare_progress(tmp_path / "missing.log") == 0.0
+
+
+def test_a_second_service_on_the_same_folder_takes_no_jobs(tmp_path: Path, fake_cli: Path) -> None:
+    root = tmp_path / "create"
+
+    async def scenario() -> None:
+        async with running(root, Published()), running(root, Published()) as second:
+            with pytest.raises(JobError, match="another avatarcam serve") as refused:
+                second.submit(recording(tmp_path, "x.part"), ".webm", 1.0, "tiny", keep_video=False)
+            assert refused.value.status == 503
+        async with running(root, Published()) as alone:  # released when the first stopped
+            assert alone.busy is None
+
+    asyncio.run(scenario())

@@ -13,13 +13,15 @@ not blocked, and cancelling kills the whole group. Progress is read from what tr
 A server that stops ends the running stage and leaves the job as it was; the next start runs
 it again from where it stood (prepare keeps its finished frames, train resumes from its newest
 checkpoint). A process left behind by a server that died is found by its working directory and
-ended first.
+ended first. One service at a time runs a jobs folder (a lock file in it): a second one started
+on the same folder refuses new jobs, saying why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -128,6 +130,8 @@ class Runner:
         self._cancelled: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._lock: int | None = None
+        self.busy: str | None = None  # why this service takes no jobs (another one runs this folder's)
 
     # ---- lifecycle -----------------------------------------------------------------------------
 
@@ -135,6 +139,16 @@ class Runner:
         """Find the jobs on disk, end processes a dead server left behind, load finished avatars,
         and start working."""
         private_dir(self.store.root)
+        self._lock = os.open(self.store.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.busy = (
+                f"another avatarcam serve makes the avatars of {self.store.root}; use that one, or start this "
+                "one with its own --create-dir"
+            )
+            log.warning("create: %s", self.busy)
+            return
         for job in await asyncio.to_thread(self.store.load_all):
             self.jobs[job.id] = job
             if job.pid is not None:
@@ -154,6 +168,9 @@ class Runner:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        if self._lock is not None:
+            os.close(self._lock)  # releases the folder to the next service
+            self._lock = None
 
     # ---- requests ------------------------------------------------------------------------------
 
@@ -188,6 +205,8 @@ class Runner:
 
     def submit(self, video: Path, suffix: str, minutes: object, preset: str, keep_video: bool) -> Job:
         """Queue a job for the finished upload `video` (moved into the job's folder)."""
+        if self.busy is not None:
+            raise JobError(503, self.busy)
         if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 < minutes <= MAX_MINUTES:
             raise JobError(400, f"minutes must be a number of minutes > 0 and <= {MAX_MINUTES:.0f}")
         if preset not in PLANS:
@@ -226,6 +245,7 @@ class Runner:
             if self._process is not None:
                 await terminate(self._process)
             return job
+        job.set_state(CANCELLED)  # at once: the queue must not start it while its folder is cleaned
         await self._finish(job, CANCELLED)
         return job
 
@@ -317,10 +337,10 @@ class Runner:
         log.info("job %s: %s", job.id, state)
 
     async def _finish(self, job: Job, state: str) -> None:
+        await asyncio.to_thread(self.store.clean, job)  # before the state changes: a finished job is a clean one
         job.set_state(state, f"failed: {job.error}" if state == FAILED else None)
         job.eta_s = None
         job.progress = 1.0 if state == DONE else job.progress
-        await asyncio.to_thread(self.store.clean, job)
         self.store.save(job)
         log.info("job %s: %s%s", job.id, state, f" ({job.error})" if job.error else "")
 
