@@ -361,8 +361,7 @@ def test_create_refuses_bad_input_with_one_clear_message(
     _choose_file(page, media["notes"])
     wait_until(lambda: _step(page) == "uploaded", 60, "the upload of the text file")
     _train(page, 1)
-    wait_until(lambda: _error(page), 30, "the refusal")
-    assert page.js("return document.getElementById('error').dataset.status") == "415"
+    wait_until(lambda: page.js("return document.getElementById('error').dataset.status") == "415", 30, "415")
     assert "not a video" in _error(page), _error(page)
     # Nothing else is lost: the page is ready for a recording or another file.
     assert _step(page) == "ready" and not page.js("return document.getElementById('file').disabled")

@@ -693,7 +693,8 @@ async function start() {
     await openCamera();
   } catch (err) {
     settle();
-    return showError(err);
+    if ($("error").hidden) showError(err); // a refusal shown meanwhile says more
+    return;
   }
   settle();
   $("record").disabled = ["uploading", "recording"].includes(document.body.dataset.step);
