@@ -125,7 +125,9 @@ class LiveService:
     """`avatarcam ARGS --port 0` in a subprocess; `url` comes from its "serving on" line.
     With `probe`, it runs under tests/calibrate_probe.py, which logs each calibration."""
 
-    def __init__(self, args: list[str], *, ready_timeout: float = 180.0, probe: bool = False) -> None:
+    def __init__(
+        self, args: list[str], *, ready_timeout: float = 180.0, probe: bool = False, env: dict[str, str] | None = None
+    ) -> None:
         launcher = (
             [sys.executable, "-m", "tests.calibrate_probe"]
             if probe
@@ -143,7 +145,7 @@ class LiveService:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"},
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -201,10 +203,20 @@ class LiveService:
         self._reader.join(5)
         return self.proc.returncode
 
-    def kill(self) -> None:
+    def kill(self, *, tree: bool = False) -> None:
+        """SIGKILL the service; with `tree`, every process it started too (a crash of the whole
+        service, as at a power cut, with no chance to clean up)."""
         if self.proc.poll() is None:
+            if tree:
+                import psutil
+
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    for child in psutil.Process(self.proc.pid).children(recursive=True):
+                        with contextlib.suppress(psutil.NoSuchProcess):
+                            child.kill()
             self.proc.kill()
             self.proc.wait(10)
+        self._reader.join(5)
 
 
 # ---- the browser -------------------------------------------------------------------------------

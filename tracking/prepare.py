@@ -30,7 +30,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -461,12 +461,16 @@ def run(config: PrepareConfig) -> dict[str, Any]:
     watch = Stopwatch()
     began = time.perf_counter()
     warnings: list[str] = []
+    train_video = track_video(info, config, work, watch)
+    if not info.seconds and train_video.times:
+        # A browser's recording (MediaRecorder WebM) states no duration: its frames tell it.
+        info = replace(info, seconds=train_video.times[-1] + 1 / info.fps, frames=len(train_video.times))
+        train_video = replace(train_video, info=info)
     if info.seconds < 60:
         warnings.append(
             f"{info.path.name}: {info.seconds:.0f} s long; 1-3 minutes of varied expressions and head turns "
             "makes a better avatar"
         )
-    train_video = track_video(info, config, work, watch)
     warnings += check_tracking(train_video)
     crop, crop_warnings = _crop_for(train_video, config.size)
     warnings += crop_warnings

@@ -10,6 +10,7 @@
 // /janus): a driver publishes its stamped camera and subscribes to the avatar, a viewer only
 // subscribes. Glass-to-glass is measured the same way: the session actor echoes the ids.
 
+import { HttpError, api, forgetToken, iceGathered, token } from "./common.js";
 import { JanusSession } from "./janus.js";
 import { MODULUS, StampReader, fits as stampFits, write as writeStamp } from "./stamp.js";
 
@@ -23,12 +24,10 @@ const BUSY_RETRY_S = 5;
 const MAX_BACKOFF_S = 8;
 
 const $ = (id) => document.getElementById(id);
-const token = new URLSearchParams(location.search).get("token");
 const transport = readTransport(); // how the page's WebRTC is tuned for latency (readTransport below)
+const wantedAvatar = new URLSearchParams(location.search).get("avatar");
 const roomLink = readRoomLink(); // null: serve's page; else { room, role, token } of a gateway's room link
-// The service answered this address with a cookie for the token (an opaque value, not the token):
-// take the token out of the address bar, so history, bookmarks, screenshots and shared links lack it.
-forgetToken();
+forgetToken(); // the service answered this address with a cookie for the token
 
 const STATES = {
   loading: ["Loading…", "Asking the service what it serves."],
@@ -71,39 +70,6 @@ const view = {
 
 function ms(value) {
   return value == null || Number.isNaN(value) ? "–" : `${value.toFixed(0)} ms`;
-}
-
-// ---- HTTP with the token the page was opened with ----
-
-class HttpError extends Error {
-  constructor(status, message, retryAfter) {
-    super(message);
-    this.status = status;
-    this.retryAfter = retryAfter; // seconds, from a Retry-After header (busy answers)
-  }
-}
-
-async function api(path, body) {
-  const headers = { Accept: "application/json" };
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const init = { headers, credentials: "same-origin" };
-  if (body !== undefined) {
-    init.method = "POST";
-    headers["Content-Type"] = "application/json";
-    init.body = JSON.stringify(body);
-  }
-  const response = await fetch(path, init); // a network failure throws TypeError
-  let data = null;
-  try {
-    data = await response.json();
-  } catch {
-    data = null;
-  }
-  if (!response.ok) {
-    const retryAfter = Number.parseInt(response.headers.get("Retry-After") ?? "", 10);
-    throw new HttpError(response.status, data?.error ?? `HTTP ${response.status}`, retryAfter);
-  }
-  return data;
 }
 
 // ---- the camera, stamped through a canvas ----
@@ -378,6 +344,7 @@ const app = {
   joined: null, // the gateway's join answer
   janus: null, // the JanusSession of this connection (room mode)
   subscriber: null, // its avatar subscription (room mode): `switches` counts followed re-publishes
+  avatarAsked: false, // this page asked its session for the ?avatar= one
 };
 app.split = new SplitJoin(app.clock);
 window.avatarcam = app; // for tests and for curious people with a console
@@ -517,8 +484,9 @@ function showInfo(info) {
   $("avatar-name").textContent = `${info.avatar} · ${info.resolution}px`;
   $("watermark").dataset.on = String(Boolean(info.watermark));
   $("watermark").textContent = info.watermark ? "invisible watermark: on" : "invisible watermark: off";
-  // The dashboard is the operator's: a viewer's page does not offer a link that would be refused.
+  // The dashboard and /create are the operator's: a viewer's page does not offer links that would be refused.
   $("dashboard-link").hidden = info.role !== "operator";
+  $("create-link").hidden = info.role !== "operator";
   if (info.source !== "webrtc") {
     if (info.role !== "operator") {
       $("controls-note").textContent =
@@ -620,20 +588,6 @@ async function tuneTransceiver(transceiver) {
   }
 }
 
-function iceGathered(pc) {
-  // The service takes a complete offer (no trickle ICE); host candidates on a LAN take milliseconds.
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      if (pc.iceGatheringState !== "complete") return;
-      pc.removeEventListener("icegatheringstatechange", done);
-      resolve();
-    };
-    pc.addEventListener("icegatheringstatechange", done);
-    setTimeout(resolve, 3000);
-  });
-}
-
 function teardown() {
   app.generation += 1;
   clearInterval(app.statsTimer);
@@ -715,6 +669,14 @@ function onServerMessage(data) {
   app.lastServerMessage = performance.now();
   for (const item of Array.isArray(msg.frames) ? msg.frames : []) app.split.serverTimes(item, app.lastServerMessage);
   app.server = msg;
+  if (msg.avatar) {
+    $("avatar-name").textContent = `${msg.avatar} · ${app.info?.resolution ?? "?"}px`;
+    // Opened as /?avatar=NAME (the create page's "open it live"): this session switches to it, once.
+    if (wantedAvatar && msg.avatar !== wantedAvatar && !app.avatarAsked) {
+      app.avatarAsked = true;
+      control("avatar", wantedAvatar);
+    }
+  }
   // The session as the dashboard and /api/sessions name it (in shared mode: the shared one).
   if (msg.session && msg.session !== app.session) {
     app.session = msg.session;
@@ -907,9 +869,3 @@ function wire() {
 
 if (wire()) start();
 
-function forgetToken() {
-  if (!token) return;
-  const url = new URL(location.href);
-  url.searchParams.delete("token");
-  history.replaceState(history.state, "", url);
-}

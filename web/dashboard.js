@@ -1,5 +1,6 @@
 // The operator dashboard: a live view of the service's websocket snapshots (/ws).
 
+import { forgetToken, token } from "./common.js";
 import { PALETTE, drawChart, escapeHtml, legendHtml } from "./plot.js";
 
 const WINDOW_S = 300; // the charts' span; the service keeps as much history (HISTORY_SECONDS)
@@ -8,10 +9,7 @@ const STAGES = ["track", "render", "infer", "compose", "sink"];
 const STAGE_COLORS = { track: "#5aa9e6", render: "#b38ce6", infer: "#e8b339", compose: "#4fd1c5", sink: "#f08bb5" };
 
 const $ = (id) => document.getElementById(id);
-const token = new URLSearchParams(location.search).get("token");
-// The service answered this address with a cookie for the token (an opaque value, not the token):
-// take the token out of the address bar, so history, bookmarks, screenshots and shared links lack it.
-forgetToken();
+forgetToken(); // the service answered this address with a cookie for the token
 
 const dash = {
   socket: null,
@@ -295,9 +293,3 @@ function updateCard(entry, s, t) {
 
 connect();
 
-function forgetToken() {
-  if (!token) return;
-  const url = new URL(location.href);
-  url.searchParams.delete("token");
-  history.replaceState(history.state, "", url);
-}

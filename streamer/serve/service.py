@@ -475,6 +475,7 @@ class Service:
                 {
                     "type": "stats",
                     "session": session.id,
+                    "avatar": session.entry.name,
                     "face_found": snap["face_found"],
                     "fps": snap["fps"],
                     "e2e_ms": e2e["p50"] if e2e else None,
