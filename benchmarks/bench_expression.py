@@ -3,7 +3,7 @@ blendshapes reproduces a person's face, and how far it opens the mouth and close
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_expression.py \
         [--train ../shared/data/512/cap12_512.mp4] [--test ../shared/data/512/cap13_512.mp4] \
-        [--ridge 1e-2 3e-3 1e-3 3e-4 1e-4] [--json OUT.json]
+        [--ridge 1e-2 3e-3 1e-3 3e-4 1e-4] [--json OUT.json] [--refit AVATAR OUT.avatar]
 
 Both videos are tracked as `prepare` tracks them (MediaPipe in video mode). For each ridge value
 the model is fitted on the training video's frames (as `prepare` fits it) and applied to the
@@ -15,6 +15,10 @@ blendshapes of the test video, another recording of the same person; reported:
   14) over the tracked one; 1 means the model opens the mouth as far as the person did;
 - `eye_ratio`: on test frames with eyeBlink > 0.3, the predicted closure of the eyelids (the gap
   at rest minus the gap then, landmarks 159/145 and 386/374) over the tracked closure.
+
+`--refit AVATAR OUT` then writes OUT: AVATAR with its expression model fitted again on the training
+video's frames with this checkout's `tracking.expression.RIDGE` (what `prepare` now fits), the way
+the shipped demo avatar was refitted; pass the video the avatar was trained on as `--train`.
 
 A ridge too strong shrinks the rarely moved coefficients (jaw, blinks) towards zero, so the live
 face opens its mouth and closes its eyes less than the person in the training video did.
@@ -90,15 +94,23 @@ def main() -> None:
     parser.add_argument("--test", type=Path, default=Path("../shared/data/512/cap13_512.mp4"))
     parser.add_argument("--ridge", type=float, nargs="+", default=[1e-2, 3e-3, 1e-3, 3e-4, 1e-4])
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--refit", type=Path, nargs=2, metavar=("AVATAR", "OUT"))
     args = parser.parse_args()
     train, test = track(args.train), track(args.test)
+    chosen = expression.RIDGE
     rows = [measure(r, train, test) for r in args.ridge]
+    expression.RIDGE = chosen
     print(f"train {args.train.name}: {len(train[0])} frames; test {args.test.name}: {len(test[0])} frames")
     print("ridge     landmark error  mouth ratio  eye ratio")
     for row in rows:
         ridge, error, mouth, eyes = (row[k] for k in ("ridge", "landmark_error", "mouth_ratio", "eye_ratio"))
         print(f"{ridge:<9g} {error:.4f}          {mouth:.2f}         {eyes:.2f}")
     print(f"(open-mouth test frames: {rows[0]['open_mouth_frames']}, blink test frames: {rows[0]['blink_frames']})")
+    if args.refit:
+        from models.avatar import replace_expression
+
+        replace_expression(args.refit[0], expression.ExpressionModel.fit(*train), args.refit[1])
+        print(f"wrote {args.refit[1]}: {args.refit[0].name} with its expression model refitted at ridge {chosen:g}")
     if args.json:
         args.json.write_text(json.dumps({"train": str(args.train), "test": str(args.test), "rows": rows}, indent=2))
 
