@@ -12,6 +12,8 @@
 // on its existing handle, so the same peer connection and <video> keep playing. To hear of new
 // publishers it holds a second handle joined as a publisher that never publishes.
 
+import { iceGathered } from "./common.js";
+
 const PLUGIN = "janus.plugin.videoroom";
 const KEEPALIVE_MS = 25000; // Janus drops a session silent for 60 s
 const REQUEST_MS = 15000;
@@ -26,20 +28,6 @@ export class JanusError extends Error {
 function transaction() {
   const bytes = crypto.getRandomValues(new Uint8Array(8));
   return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
-}
-
-function gathered(pc) {
-  // Janus takes a complete SDP (no trickle here); host candidates take milliseconds.
-  if (pc.iceGatheringState === "complete") return Promise.resolve();
-  return new Promise((resolve) => {
-    const done = () => {
-      if (pc.iceGatheringState !== "complete") return;
-      pc.removeEventListener("icegatheringstatechange", done);
-      resolve();
-    };
-    pc.addEventListener("icegatheringstatechange", done);
-    setTimeout(resolve, 3000);
-  });
 }
 
 /** The (feed, mid) of each publisher shown as `display` that sends video. */
@@ -193,7 +181,7 @@ export class JanusSession {
     const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: stream ? [stream] : [] });
     preferCodec(transceiver, codec);
     await pc.setLocalDescription(await pc.createOffer());
-    await gathered(pc);
+    await iceGathered(pc);
     const { jsep } = await handle.message({ request: "publish", display }, { type: "offer", sdp: pc.localDescription.sdp });
     if (!jsep) throw new JanusError(`Janus accepted the publish in room ${room.room} but sent no answer`);
     await pc.setRemoteDescription(jsep);
@@ -296,7 +284,7 @@ class Subscriber {
   async answer(offer) {
     await this.pc.setRemoteDescription(offer);
     await this.pc.setLocalDescription(await this.pc.createAnswer());
-    await gathered(this.pc);
+    await iceGathered(this.pc);
     await this.handle.message({ request: "start" }, { type: "answer", sdp: this.pc.localDescription.sdp });
   }
 
