@@ -291,8 +291,11 @@ def test_a_page_that_never_connects_frees_its_coach() -> None:
         client.createDataChannel("coach")
         await client.setLocalDescription(await client.createOffer())
         offer = {"sdp": client.localDescription.sdp, "type": "offer"}
-        await coach_answer(offer, make_coach, connect_timeout=0.5)  # the answer never reaches the client
+        told = asyncio.Event()
+        # the answer never reaches the client
+        await coach_answer(offer, make_coach, connect_timeout=0.5, on_closed=told.set)
         assert await asyncio.to_thread(coaches[0].closed.wait, DEADLINE), "the coach was not closed"
+        await asyncio.wait_for(told.wait(), DEADLINE)  # and its owner is told, so it can let go
         await client.close()
 
     asyncio.run(scenario())

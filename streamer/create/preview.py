@@ -40,7 +40,15 @@ class CoachOfferError(ValueError):
 class _CoachPeer:
     """One page's preview connection: its peer, its coach, the thread the coach runs on."""
 
-    def __init__(self, pc: RTCPeerConnection, coach: Coach, executor: ThreadPoolExecutor, clock: Clock) -> None:
+    def __init__(
+        self,
+        pc: RTCPeerConnection,
+        coach: Coach,
+        executor: ThreadPoolExecutor,
+        clock: Clock,
+        on_closed: Callable[[], None] | None = None,
+    ) -> None:
+        self.on_closed = on_closed
         self.pc = pc
         self.coach = coach
         self.executor = executor
@@ -127,6 +135,8 @@ class _CoachPeer:
         # The coach's tracker is closed on the thread it ran on, after any feed still running there.
         await asyncio.get_running_loop().run_in_executor(self.executor, self.coach.close)
         self.executor.shutdown(wait=False)
+        if self.on_closed is not None:
+            self.on_closed()
 
 
 def _description(offer: dict[str, str]) -> RTCSessionDescription:
@@ -148,6 +158,7 @@ async def coach_answer(
     fps: float = SAMPLE_FPS,
     max_side: int = MAX_SIDE,
     connect_timeout: float = CONNECT_TIMEOUT,
+    on_closed: Callable[[], None] | None = None,
 ) -> tuple[dict[str, str], Callable[[], Awaitable[None]]]:
     """Answer a page's preview offer; coach messages go out on its "coach" data channel.
 
@@ -161,6 +172,8 @@ async def coach_answer(
         fps: preview frames coached per second.
         max_side: preview frames are scaled down to this longer side first.
         connect_timeout: seconds the page has to connect before the peer closes itself.
+        on_closed: called once the peer and its coach are closed, however that came about (so
+            whoever holds the close function can let go of it).
 
     Returns:
         The answer ({"sdp", "type"}) and a function that closes the peer and frees the coach
@@ -177,7 +190,7 @@ async def coach_answer(
         executor.shutdown(wait=False)
         raise
     pc = RTCPeerConnection(ice if ice is not None else ice_configuration(()))
-    peer = _CoachPeer(pc, coach, executor, clock or MonotonicClock())
+    peer = _CoachPeer(pc, coach, executor, clock or MonotonicClock(), on_closed)
     try:
         peer.watch(fps, max_side, connect_timeout)
         await pc.setRemoteDescription(description)

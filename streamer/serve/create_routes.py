@@ -211,11 +211,16 @@ class CreateRoutes:
         try:
             sdp, _ = screen_candidates(body["sdp"])
             ice = ice_configuration(self.config.ice_servers, self.config.ice_username, self.config.ice_credential)
+            held: list[Callable[[], Awaitable[None]]] = []  # this peer's close, once known
             answer, close = await coach_answer(
-                {"sdp": sdp, "type": "offer"}, lambda: Coach(recording_height=height), ice=ice
+                {"sdp": sdp, "type": "offer"},
+                lambda: Coach(recording_height=height),
+                ice=ice,
+                on_closed=lambda: self._coaches.difference_update(held),
             )
         except (CoachOfferError, ValueError) as exc:
             raise RequestError(400, f"cannot coach with this offer: {exc}") from None
+        held.append(close)
         self._coaches.add(close)
         return web.json_response(answer)
 
