@@ -181,3 +181,26 @@ def test_cpu_renderer_matches_the_torch_renderer(cap12_track_256: npt.NDArray[np
         assert np.abs(a.shaded_u8().astype(np.int16) - b.shaded_u8()).max() <= 1
     with pytest.raises(ValueError, match="on the CPU"):
         FaceRenderer(mesh, 64, "meta", kernel="numpy")
+
+
+def test_one_cpu_renderer_shared_by_threads_renders_each_frame_right(
+    cap12_track_256: npt.NDArray[np.float32],
+) -> None:
+    """`prepare` renders on a thread pool with one shared FaceRenderer: each thread's frames must
+    come out as a lone renderer makes them (the NumPy rasterizer reuses per-pixel buffers, which
+    threads sharing one made wrong, or crashed with an IndexError, on obama_512)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tracking.mesh import load_canonical_mesh
+    from tracking.render import FaceRenderer
+
+    mesh = load_canonical_mesh()
+    frames = [_turned(cap12_track_256.astype(np.float64), yaw).astype(np.float32) for yaw in range(-30, 31, 3)]
+    alone = FaceRenderer(mesh, 256)
+    expected = [alone(p).uv_u16() for p in frames]
+    shared = FaceRenderer(mesh, 256)
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(5):
+            got = list(pool.map(lambda p: shared(p).uv_u16(), frames))
+            for i, (a, b) in enumerate(zip(got, expected, strict=True)):
+                np.testing.assert_array_equal(a, b, err_msg=f"frame {i}")

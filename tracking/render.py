@@ -13,6 +13,7 @@ CPU (benchmarks/bench_render.py compares the two).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -168,9 +169,17 @@ class _NumpyShading:
         self.albedo = _ALBEDO.numpy()
         self.light = _LIGHT.numpy()
         self.facing = np.float32(facing)
-        self.raster = NpRasterizer(size, size)
+        self._local = threading.local()  # one rasterizer per thread: it reuses per-pixel buffers
         self.flat = np.zeros(N_REGIONS, dtype=bool)  # regions drawn unshaded
         self.flat[[Region.EYE, Region.IRIS, Region.MOUTH]] = True
+
+    @property
+    def raster(self) -> NpRasterizer:
+        """This thread's rasterizer (`prepare` renders on a thread pool with one renderer)."""
+        raster: NpRasterizer | None = getattr(self._local, "raster", None)
+        if raster is None:
+            raster = self._local.raster = NpRasterizer(self.size, self.size)
+        return raster
 
     def __call__(self, points: npt.NDArray[np.float32]) -> Conditioning:
         assert points.ndim == 2 and points.shape[0] >= N_MESH_VERTICES and points.shape[1] == 3, points.shape
