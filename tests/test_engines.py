@@ -3,8 +3,9 @@ on real renders, the ONNX graph's contract, the student in the .avatar file, and
 
 Tolerances, on uint8 outputs (0..255):
 - ONNX vs torch CPU (both float32): every pixel within 2 levels, mean difference < 0.05.
-- torch-bf16 vs torch (CPU): every pixel within 4 levels, mean < 0.2, on the demo avatar's
-  student and on a trained teacher (measured: the demo student 2 / 0.03 on 60 cap13 frames).
+- torch-bf16 vs torch (CPU): every pixel within 8 levels; mean < 0.1 for the demo avatar's
+  student, < 1.0 for the tiny trained teacher. Measured here: the demo student's image 2 / 0.03
+  (max / mean), its mask 7 / 0.014 (edges where the logit is near 0); the teacher's image 5 / 0.61.
 - CUDA fp16 vs torch CPU: every pixel within 12 levels, mean < 1.0 (fp16 has 11 bits of
   mantissa; differences concentrate at saturated edges); CUDA fp32: within 2 levels.
 """
@@ -128,8 +129,10 @@ needs_bf16 = pytest.mark.skipif(
 
 
 @needs_bf16
-@pytest.mark.parametrize("network", ["demo student", "teacher"])
-def test_bf16_matches_fp32_on_real_renders(network: str, tiny_avatar: Path, renders: tuple[U16, U8]) -> None:
+@pytest.mark.parametrize(("network", "mean_levels"), [("demo student", 0.1), ("teacher", 1.0)])
+def test_bf16_matches_fp32_on_real_renders(
+    network: str, mean_levels: float, tiny_avatar: Path, renders: tuple[U16, U8]
+) -> None:
     if network == "demo student":
         if not DEMO_AVATAR.is_file():
             pytest.skip("the demo avatar is not in this checkout")
@@ -144,8 +147,9 @@ def test_bf16_matches_fp32_on_real_renders(network: str, tiny_avatar: Path, rend
     got = engine(uv, shaded)
     assert engine.name == "torch-bf16"
     assert reference.image.std() > 5, "the reference output should not be flat"
-    _close(got.image, reference.image, 4, 0.2)
-    _close(got.mask, reference.mask, 4, 0.2)
+    assert (got.image != reference.image).any(), "bf16 should round somewhere: is autocast on?"
+    _close(got.image, reference.image, 8, mean_levels)
+    _close(got.mask, reference.mask, 8, mean_levels)
 
 
 def test_bf16_is_refused_where_it_would_be_emulated(
