@@ -9,9 +9,9 @@ Candidates, each against the fp32 engine of the same backend, on the same frames
     calibrated on `--calibration` frames of the dataset's train split (the timed frames come
     from the test split). Quantizing Relu/Add too kept activations in int8 longer but moved
     the output by 7-8 uint8 levels on average, so only the convolutions are quantized.
-  - torch bf16 (with `--torch`): the torch engine's network under `torch.autocast("cpu",
-    torch.bfloat16)`, which runs convolutions through oneDNN (AMX / AVX512-BF16 when the CPU
-    has them).
+  - torch bf16 (with `--torch`): the `torch-bf16` engine, the torch engine's network in
+    channels-last layout under `torch.autocast("cpu", torch.bfloat16)`, which runs convolutions
+    through oneDNN (AMX / AVX512-BF16 when the CPU has them).
 
 Batch 1, every engine called on frame i before any on frame i + 1, so load from other work on
 a shared machine falls on all of them alike. Prints, per engine: p50 ms and its ratio to the
@@ -37,9 +37,8 @@ import numpy as np
 import torch
 
 from models.avatar import load_avatar
-from models.engines.inference import inference_network
 from models.engines.onnx_engine import INPUTS, OUTPUTS, onnx_path_for
-from models.engines.torch_engine import to_inputs, to_output
+from models.engines.torch_engine import TorchEngine
 from models.evaluation.metrics.lpips import load_lpips
 from models.training.data import FrameSet
 
@@ -101,15 +100,8 @@ def onnx_run(path: Path, threads: int) -> Run:
     return run
 
 
-def torch_run(net: torch.nn.Module, bf16: bool) -> Run:
-    cpu = torch.device("cpu")
-
-    def run(uv: np.ndarray, shaded: np.ndarray) -> np.ndarray:
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            image, mask = net(*to_inputs(uv, shaded, cpu, torch.float32))
-        return to_output(image, mask).image
-
-    return run
+def torch_run(engine: TorchEngine) -> Run:
+    return lambda uv, shaded: engine(uv, shaded).image
 
 
 def cpu_flags() -> list[str]:
@@ -147,9 +139,8 @@ def main() -> None:
     engines: dict[str, Run] = {"onnx/fp32": onnx_run(fp32_graph, args.threads)}
     engines["onnx/int8"] = onnx_run(int8_graph, args.threads)
     if args.torch:
-        net = inference_network(avatar)
-        engines["torch/fp32"] = torch_run(net, bf16=False)
-        engines["torch/bf16"] = torch_run(net, bf16=True)
+        engines["torch/fp32"] = torch_run(TorchEngine(avatar))
+        engines["torch/bf16"] = torch_run(TorchEngine(avatar, bf16=True))
     for run in engines.values():
         run(uv[:1], shaded[:1])  # warm-up
 
