@@ -605,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calibrate-seconds", type=float, default=1.0, help="driver neutral: most neutral frame this early")
     p.add_argument("--calibrate-frame", type=int, help="driver neutral: this frame")
     p.add_argument("--network", choices=["auto", "teacher", "student"], default="auto", help="which network to measure")
+    p.add_argument("--backend", default="torch", help="engine backend: torch (fp32 reference), torch-bf16")
     p.add_argument(
         "--no-baselines",
         action="store_true",

@@ -3,6 +3,9 @@ on real renders, the ONNX graph's contract, the student in the .avatar file, and
 
 Tolerances, on uint8 outputs (0..255):
 - ONNX vs torch CPU (both float32): every pixel within 2 levels, mean difference < 0.05.
+- torch-bf16 vs torch (CPU): every pixel within 8 levels; mean < 0.1 for the demo avatar's
+  student, < 1.0 for the tiny trained teacher. Measured here: the demo student's image 2 / 0.03
+  (max / mean), its mask 7 / 0.014 (edges where the logit is near 0); the teacher's image 5 / 0.61.
 - CUDA fp16 vs torch CPU: every pixel within 12 levels, mean < 1.0 (fp16 has 11 bits of
   mantissa; differences concentrate at saturated edges); CUDA fp32: within 2 levels.
 """
@@ -22,9 +25,10 @@ from models.avatar import add_student, load_avatar, read_header
 from models.engines import ENGINES, EngineUnavailable, create_engine
 from models.engines.inference import TeacherNet
 from models.engines.onnx_engine import OnnxEngine, export_beside, onnx_path_for
-from models.engines.torch_engine import TorchEngine
+from models.engines.torch_engine import TorchEngine, cpu_has_bf16
 from models.networks.student import StudentNet
 from models.training.data import FrameSet
+from streamer.provenance.identity import DEMO_AVATAR
 from tests.media import one_torch_thread
 
 _threads = pytest.fixture(autouse=True, scope="module")(one_torch_thread)
@@ -117,6 +121,53 @@ def test_onnx_matches_torch_on_real_renders(
     assert reference.image.std() > 5, "the reference output should not be flat"
     _close(got.image, reference.image, 2, 0.05)
     _close(got.mask, reference.mask, 2, 0.05)
+
+
+needs_bf16 = pytest.mark.skipif(
+    not cpu_has_bf16(), reason="the CPU lacks avx512_bf16 / amx_bf16 (/proc/cpuinfo): bf16 would be emulated"
+)
+
+
+@needs_bf16
+@pytest.mark.parametrize(("network", "mean_levels"), [("demo student", 0.1), ("teacher", 1.0)])
+def test_bf16_matches_fp32_on_real_renders(
+    network: str, mean_levels: float, tiny_avatar: Path, renders: tuple[U16, U8]
+) -> None:
+    if network == "demo student":
+        if not DEMO_AVATAR.is_file():
+            pytest.skip("the demo avatar is not in this checkout")
+        avatar = load_avatar(DEMO_AVATAR)
+        # The tiny avatar's real 64 px renders of cap12, nearest-upsampled to the demo's 256 px.
+        scale = avatar.network.image_size // renders[0].shape[1]
+        uv, shaded = (np.ascontiguousarray(a.repeat(scale, axis=1).repeat(scale, axis=2)) for a in renders)
+    else:
+        avatar, (uv, shaded) = load_avatar(tiny_avatar), renders
+    reference = create_engine("torch", avatar)(uv, shaded)
+    engine = create_engine("torch-bf16", avatar)
+    got = engine(uv, shaded)
+    assert engine.name == "torch-bf16"
+    assert reference.image.std() > 5, "the reference output should not be flat"
+    assert (got.image != reference.image).any(), "bf16 should round somewhere: is autocast on?"
+    _close(got.image, reference.image, 8, mean_levels)
+    _close(got.mask, reference.mask, 8, mean_levels)
+
+
+def test_bf16_is_refused_where_it_would_be_emulated(
+    tiny_avatar: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models.engines import torch_engine
+
+    plain = tmp_path / "cpuinfo"
+    plain.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert not cpu_has_bf16(plain) and not cpu_has_bf16(tmp_path / "missing")
+    plain.write_text("flags\t\t: fpu avx512f amx_bf16\n")
+    assert cpu_has_bf16(plain)
+    avatar = load_avatar(tiny_avatar)
+    with pytest.raises(EngineUnavailable, match="runs on the CPU only"):
+        create_engine("torch-bf16", avatar, "cuda")
+    monkeypatch.setattr(torch_engine, "cpu_has_bf16", lambda: False)
+    with pytest.raises(EngineUnavailable, match="avx512_bf16 or amx_bf16"):
+        create_engine("torch-bf16", avatar)
 
 
 def test_onnx_export_round_trip(tiny_avatar: Path, tmp_path: Path, renders: tuple[U16, U8]) -> None:

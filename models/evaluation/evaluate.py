@@ -90,6 +90,8 @@ class EvaluateOptions:
         calibrate_frame: cross-reenactment: use this driver frame as the neutral instead.
         network: which network of the file to evaluate: "auto" (the student when the file has
             one, as engines run it), "teacher" or "student".
+        backend: the engine backend that generates the frames (`models.engines.ENGINES`; on
+            the CPU "torch", the float32 reference, or "torch-bf16").
         baselines: also measure the mean training frame and the nearest training frame by head
             pose + expression on the same frames (self-reenactment of the test split).
         by_region: self-reenactment: also PSNR / LPIPS in each region of `regions.REGIONS`.
@@ -114,6 +116,7 @@ class EvaluateOptions:
     calibrate_seconds: float = 1.0
     calibrate_frame: int | None = None
     network: str = "auto"
+    backend: str = "torch"
     baselines: bool = True
     by_region: bool = True
     temporal: bool = True
@@ -730,7 +733,7 @@ def run(options: EvaluateOptions) -> dict[str, Any]:
         avatar, about = load_for_evaluation(options.source, options.data, options.device, Path(tmp))
     avatar = pick_network(avatar, options.network)
     about["network"] = "student" if avatar.student is not None else "teacher"
-    engine = create_engine("torch", avatar, options.device)
+    engine = create_engine(options.backend, avatar, options.device)
     size = engine.resolution
     cross = options.driver is not None
     summary: dict[str, Any]
