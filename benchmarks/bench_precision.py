@@ -25,6 +25,7 @@ the numbers: on a loaded machine the medians move by tens of percent from run to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import tempfile
@@ -70,18 +71,20 @@ def quantize_int8(source: Path, out: Path, uv: np.ndarray, shaded: np.ndarray) -
             return next(self.batches, None)
 
     prepared = out.with_name("prepared.onnx")
-    # The integer inputs' Cast nodes defeat symbolic shape inference; onnx's own is enough here.
-    quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-    quantize_static(
-        str(prepared),
-        str(out),
-        Calibration(),
-        quant_format=QuantFormat.QOperator,
-        op_types_to_quantize=["Conv", "ConvTranspose"],
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-    )
+    # onnxruntime's quantization leaves temporary files in the working directory: use out's.
+    with contextlib.chdir(out.parent):
+        # The integer inputs' Cast nodes defeat symbolic shape inference; onnx's own is enough here.
+        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared),
+            str(out),
+            Calibration(),
+            quant_format=QuantFormat.QOperator,
+            op_types_to_quantize=["Conv", "ConvTranspose"],
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+        )
     return out
 
 
