@@ -79,9 +79,9 @@ def idle_motion(t: float, config: IdleConfig) -> tuple[float, float, float]:
 
 
 class _BlinkRetargeter(Retargeter):
-    """A Retargeter whose eyes the idle blink may close past the avatar's tracked range: that
-    range clamps what a driver can ask for, and a training video holds few blinks (the demo
-    avatar's eyeBlink tops out near 0.2), so a clamped blink would barely show."""
+    """A Retargeter that lays the idle blink over the retargeted coefficients, after the
+    filters: the blink is not part of the driver's expression, so the One Euro filters never
+    see it (blinks may close fully past the avatar's tracked range: `FREE_TOP`)."""
 
     blink = 0.0  # this frame's idle eye closure, 0..1
 
