@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from models.networks.presets import PRESETS
-from streamer.create.upload import private_dir, write_private
+from streamer.core.files import write_atomic
+from streamer.create.upload import private_dir
 from tracking.assets import cache_dir
 
 QUEUED, PREPARING, TRAINING, CONSENT = "queued", "preparing", "training", "consent"
@@ -141,7 +142,7 @@ class JobStore:
         return job
 
     def save(self, job: Job) -> None:
-        write_private(self.folder(job.id) / "job.json", json.dumps(asdict(job), indent=1).encode())
+        write_atomic(self.folder(job.id) / "job.json", json.dumps(asdict(job), indent=1).encode(), 0o600)
 
     def load_all(self) -> list[Job]:
         """Every job found on disk, oldest first; unreadable ones are skipped."""

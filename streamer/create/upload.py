@@ -18,6 +18,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from streamer.core.files import write_atomic
+
 MAX_CHUNK = 8 * 2**20  # bytes of one PUT
 MAX_UPLOAD = 2 * 2**30  # bytes of one recording: three minutes of 1080p at a generous 40 Mbit/s is 0.9 GB
 DISK_RESERVE = 2 * 2**30  # bytes left free besides the video: prepare writes frames, train checkpoints
@@ -50,17 +52,6 @@ def private_dir(path: Path) -> Path:
 def free_bytes(path: Path) -> int:
     """Free bytes on the file system holding `path` (the tests patch this to fake a full disk)."""
     return shutil.disk_usage(path).free
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically (a temporary file renamed over it), mode 0600."""
-    partial = path.with_name(path.name + ".tmp")
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(partial, path)
 
 
 def disk_full(needed: int) -> UploadError:
@@ -110,7 +101,7 @@ class Uploads:
         upload = secrets.token_hex(8)
         part, meta = self._paths(upload)
         os.close(os.open(part, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        write_private(meta, json.dumps(asdict(Declared(expected, kind, time.time()))).encode())
+        write_atomic(meta, json.dumps(asdict(Declared(expected, kind, time.time()))).encode(), 0o600)
         return upload
 
     def declared(self, upload: str) -> Declared:
