@@ -254,6 +254,9 @@ class Browser:
             f"--user-data-dir={self.profile.name}",
             f"--window-size={size[0]},{size[1]}",
             "--allow-loopback-in-peer-connection",
+            # Raw host candidates, not mDNS `*.local` names: resolving those would send multicast
+            # queries onto the machine's network, and the tests talk to this machine only.
+            "--disable-features=WebRtcHideLocalIpsWithMdns",
             "--autoplay-policy=no-user-gesture-required",
             # Two browsers share two cores in CI: keep timers and video running at full rate.
             "--disable-background-timer-throttling",

@@ -140,9 +140,8 @@ def test_page_on_room_links_drives_and_shows_the_avatar_with_glass_to_glass(
             glass = driver.wait_value("stat-glass", timeout=WAIT)  # its own frame ids came back
             fps = driver.wait_value("stat-fps", timeout=WAIT)
             shown = _frames_shown(driver)
-            # a viewer without a camera, hiding no local address (Chromium's mDNS names are for
-            # pages that asked for no camera; Janus would have to resolve them)
-            viewer = make(None, flags=("--disable-features=WebRtcHideLocalIpsWithMdns",))
+            # a viewer without a camera (tests/browser.py turns Chromium's mDNS names off)
+            viewer = make(None)
             viewer.open(links["viewer"])
             viewer.wait_state({"running", "no-face"}, timeout=WAIT)
             viewer_fps = viewer.wait_value("stat-fps", timeout=WAIT)
@@ -178,7 +177,7 @@ def test_page_follows_the_avatar_to_its_restarted_session_without_rejoining(
     try:
         with browsers() as make:
             # no driver: the session shows its idle pose, which is what the viewer follows
-            viewer = make(None, flags=("--disable-features=WebRtcHideLocalIpsWithMdns",))
+            viewer = make(None)
             viewer.open(created["links"]["viewer"])
             viewer.wait_state({"running", "no-face"}, timeout=WAIT)
             pc_before = viewer.js("return window.avatarcam.pc !== null && (window.avatarcam.pc.__mark = 1)")
