@@ -42,18 +42,24 @@ def _load(name: str, path: Path) -> ModuleType:
 
 
 def baseline_renderer(checkout: Path | None, size: int) -> Any:
-    """The old renderer: `checkout`'s render module over its own rasterizer, or this checkout's
+    """The old renderer: `checkout`'s render module over its own rasterizers, or this checkout's
     PyTorch kernel."""
     mesh = load_canonical_mesh()
     if checkout is None:
         return FaceRenderer(mesh, size, kernel="torch")
-    raster = _load("baseline_raster", checkout / "tracking" / "raster.py")
-    ours = sys.modules["tracking.raster"]
-    sys.modules["tracking.raster"] = raster  # the old render module imports the old rasterizer
+    # The old render module imports the old rasterizers under their own names.
+    names = [name for name in ("raster", "raster_np", "raster_cpu") if (checkout / "tracking" / f"{name}.py").is_file()]
+    saved = {name: sys.modules.get(f"tracking.{name}") for name in names}
     try:
+        for name in names:
+            sys.modules[f"tracking.{name}"] = _load(f"baseline_{name}", checkout / "tracking" / f"{name}.py")
         render = _load("baseline_render", checkout / "tracking" / "render.py")
     finally:
-        sys.modules["tracking.raster"] = ours
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(f"tracking.{name}", None)
+            else:
+                sys.modules[f"tracking.{name}"] = module
     return render.FaceRenderer(mesh, size)
 
 

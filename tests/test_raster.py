@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tracking.raster import Fragments, rasterize
-from tracking.raster_np import NpRasterizer
+from tracking.raster_cpu import CpuRasterizer
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -123,7 +123,7 @@ def test_rasterizer_matches_an_independent_reference_on_a_tracked_face(
 
 
 @pytest.mark.parametrize("yaw", [0.0, 50.0])
-def test_numpy_rasterizer_matches_the_reference_and_gives_the_torch_fragments(
+def test_cpu_rasterizer_matches_the_reference_and_gives_the_torch_fragments(
     yaw: float, cap12_track_256: npt.NDArray[np.float32]
 ) -> None:
     """The CPU rasterizer against the same independent reference, and fragment for fragment the
@@ -134,7 +134,7 @@ def test_numpy_rasterizer_matches_the_reference_and_gives_the_torch_fragments(
     mesh = load_canonical_mesh()
     vertices = _turned(cap12_track_256[:N_MESH_VERTICES].astype(np.float64), yaw)
     expected, _ = _reference_triangle_ids(vertices, mesh.triangles, 256)
-    raster = NpRasterizer(256, 256)
+    raster = CpuRasterizer(256, 256)
     v32 = vertices.astype(np.float32)
     for _ in range(2):
         frags = raster(v32, mesh.triangles)
@@ -148,22 +148,22 @@ def test_numpy_rasterizer_matches_the_reference_and_gives_the_torch_fragments(
     np.testing.assert_array_equal(frags.bary, torch_frags.bary.numpy())
 
 
-def test_numpy_rasterizer_edges_and_bad_input() -> None:
+def test_cpu_rasterizer_edges_and_bad_input() -> None:
     """Exact coverage of a square clipped by the image border; nothing for an empty or
     degenerate mesh; one clear error for the wrong shapes."""
     v, t = _square(-5, 60, 10, 70, 0.0)
-    frags = NpRasterizer(64, 64)(v.numpy(), t.numpy())
+    frags = CpuRasterizer(64, 64)(v.numpy(), t.numpy())
     assert len(frags.pixel) == 10 * 4  # x 0..9, y 60..63: clipped at the left and bottom edges
     flat = np.array([[0, 0, 0], [10, 10, 0], [20, 20, 0]], np.float32)  # collinear
-    assert len(NpRasterizer(32, 32)(flat, np.array([[0, 1, 2]])).pixel) == 0
+    assert len(CpuRasterizer(32, 32)(flat, np.array([[0, 1, 2]])).pixel) == 0
     with pytest.raises(ValueError, match=r"\[V, 3\]"):
-        NpRasterizer(32, 32)(flat[:, :2], np.array([[0, 1, 2]]))
+        CpuRasterizer(32, 32)(flat[:, :2], np.array([[0, 1, 2]]))
     with pytest.raises(ValueError, match="at least 1 x 1"):
-        NpRasterizer(0, 32)
+        CpuRasterizer(0, 32)
 
 
 def test_cpu_renderer_matches_the_torch_renderer(cap12_track_256: npt.NDArray[np.float32]) -> None:
-    """The conditioning images of the NumPy path against the PyTorch path on a tracked face:
+    """The conditioning images of the compiled CPU path against the PyTorch path on a tracked face:
     UV and regions identical, the shaded image within one 8-bit level (float summation order in
     the vertex normals)."""
     from tracking.mesh import load_canonical_mesh
@@ -171,7 +171,7 @@ def test_cpu_renderer_matches_the_torch_renderer(cap12_track_256: npt.NDArray[np
 
     mesh = load_canonical_mesh()
     cpu, reference = FaceRenderer(mesh, 256), FaceRenderer(mesh, 256, kernel="torch")
-    assert cpu.kernel == "numpy"
+    assert cpu.kernel == "cpu"
     for yaw in (0.0, 30.0):
         points = _turned(cap12_track_256.astype(np.float64), yaw).astype(np.float32)
         a, b = cpu(points), reference(points)
@@ -180,14 +180,14 @@ def test_cpu_renderer_matches_the_torch_renderer(cap12_track_256: npt.NDArray[np
         assert torch.equal(a.region, b.region) and (a.region == 4).any(), "the irises are painted the same"
         assert np.abs(a.shaded_u8().astype(np.int16) - b.shaded_u8()).max() <= 1
     with pytest.raises(ValueError, match="on the CPU"):
-        FaceRenderer(mesh, 64, "meta", kernel="numpy")
+        FaceRenderer(mesh, 64, "meta", kernel="cpu")
 
 
 def test_one_cpu_renderer_shared_by_threads_renders_each_frame_right(
     cap12_track_256: npt.NDArray[np.float32],
 ) -> None:
     """`prepare` renders on a thread pool with one shared FaceRenderer: each thread's frames must
-    come out as a lone renderer makes them (the NumPy rasterizer reuses per-pixel buffers, which
+    come out as a lone renderer makes them (the CPU rasterizer reuses per-pixel buffers, which
     threads sharing one made wrong, or crashed with an IndexError, on obama_512)."""
     from concurrent.futures import ThreadPoolExecutor
 

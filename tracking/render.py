@@ -6,9 +6,9 @@ Two pixel-aligned images per frame, as in StyleAvatar:
 - the texture rendering I_R: the face with a fixed per-region albedo under a fixed light.
 The prepare step and the live path both call `FaceRenderer`, so identical meshes give identical
 renders. On CUDA the rasterizer is plain PyTorch (`tracking.raster`); on the CPU it is the same
-algorithm in NumPy (`tracking.raster_np`: the same fragments, single-threaded, several times
-cheaper per frame), with the shading in NumPy too; `kernel="torch"` keeps the PyTorch path on the
-CPU (benchmarks/bench_render.py compares the two).
+algorithm compiled with Numba (`tracking.raster_cpu`: the same fragments, on the calling thread),
+and the shading is one compiled pass too; `kernel="torch"` keeps the PyTorch path on the CPU
+(benchmarks/bench_render.py compares the two).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numba
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from tracking.mesh import LEFT_IRIS, N_MESH_VERTICES, RIGHT_IRIS, CanonicalMesh, Region
 from tracking.raster import rasterize
-from tracking.raster_np import NpRasterizer
+from tracking.raster_cpu import CpuRasterizer
 
 F32 = npt.NDArray[np.float32]
 N_REGIONS = len(Region)
@@ -42,21 +43,22 @@ _ALBEDO = torch.tensor(
 )
 _LIGHT = torch.tensor([0.25, 0.35, 1.0]) / torch.tensor([0.25, 0.35, 1.0]).norm()  # y-up, towards viewer
 _AMBIENT = 0.35
-Kernel = Literal["auto", "torch", "numpy"]
+Kernel = Literal["auto", "torch", "cpu"]
 
 
 @dataclass(frozen=True)
 class Conditioning:
-    """Renders of one frame.
+    """Renders of one frame, quantized as the generators take them (and `prepare` stores them).
 
     Attributes:
-        uv: [3, H, W] float32: u, v in [0, 1] and region / (N_REGIONS - 1); zeros off the face.
-        shaded: [3, H, W] float32 texture rendering in [0, 1].
+        uv16: [H, W, 3] uint16 UV rendering: u, v and region / (N_REGIONS - 1), each x 65535;
+            zeros off the face.
+        shaded8: [H, W, 3] uint8 RGB texture rendering.
         region: [H, W] int64 Region per pixel.
     """
 
-    uv: Tensor
-    shaded: Tensor
+    uv16: npt.NDArray[np.uint16]
+    shaded8: npt.NDArray[np.uint8]
     region: Tensor
 
     @property
@@ -64,13 +66,23 @@ class Conditioning:
         """[H, W] bool: pixels on the face mesh."""
         return self.region > 0
 
+    @property
+    def uv(self) -> Tensor:
+        """[3, H, W] float32 `uv16` in [0, 1]."""
+        return torch.from_numpy(self.uv16).permute(2, 0, 1).float() / 65535
+
+    @property
+    def shaded(self) -> Tensor:
+        """[3, H, W] float32 `shaded8` in [0, 1]."""
+        return torch.from_numpy(self.shaded8).permute(2, 0, 1).float() / 255
+
     def uv_u16(self) -> npt.NDArray[np.uint16]:
-        """[H, W, 3] uint16 image of `uv` for lossless 16-bit PNG storage."""
-        return _quantize(self.uv, 65535, np.uint16)
+        """[H, W, 3] uint16 image of the UV rendering, for lossless 16-bit PNG storage."""
+        return self.uv16
 
     def shaded_u8(self) -> npt.NDArray[np.uint8]:
-        """[H, W, 3] uint8 RGB image of `shaded`."""
-        return _quantize(self.shaded, 255, np.uint8)
+        """[H, W, 3] uint8 RGB image of the texture rendering."""
+        return self.shaded8
 
 
 def _quantize(image: Tensor, scale: int, dtype: type[np.unsignedinteger]) -> npt.NDArray[Any]:
@@ -89,7 +101,7 @@ class FaceRenderer:
         size: output side in pixels.
         device: where rasterization runs; results are identical on CPU and CUDA up to float
             rounding at triangle edges.
-        kernel: "numpy" (the CPU default: `tracking.raster_np` and NumPy shading) or "torch"
+        kernel: "cpu" (the CPU default: `tracking.raster_cpu` and `_shade`, compiled) or "torch"
             (the CUDA default, and on the CPU the older, slower path).
     """
 
@@ -98,9 +110,9 @@ class FaceRenderer:
     ) -> None:
         self.size = size
         self.device = torch.device(device)
-        if kernel == "numpy" and self.device.type != "cpu":
-            raise ValueError(f"the numpy kernel renders on the CPU, not on {self.device}")
-        self.kernel: Kernel = kernel if kernel != "auto" else ("numpy" if self.device.type == "cpu" else "torch")
+        if kernel == "cpu" and self.device.type != "cpu":
+            raise ValueError(f"the cpu kernel renders on the CPU, not on {self.device}")
+        self.kernel: Kernel = kernel if kernel != "auto" else ("cpu" if self.device.type == "cpu" else "torch")
         self.triangles = torch.as_tensor(mesh.triangles, device=self.device)
         self.tri_region = torch.as_tensor(mesh.regions, device=self.device)
         self.uv = torch.as_tensor(mesh.uv, device=self.device)
@@ -109,8 +121,8 @@ class FaceRenderer:
         # Winding of the canonical mesh, so that normals point towards the viewer.
         canonical = torch.as_tensor(mesh.vertices, device=self.device)
         self.facing = torch.sign(self._face_normals(canonical)[:, 2].sum())
-        if self.kernel == "numpy":
-            self._np = _NumpyShading(mesh, size, float(self.facing))
+        if self.kernel == "cpu":
+            self._cpu = _CpuShading(mesh, size, float(self.facing))
 
     def _face_normals(self, vertices_y_up: Tensor) -> Tensor:
         corners = vertices_y_up[self.triangles]
@@ -118,8 +130,8 @@ class FaceRenderer:
 
     def __call__(self, landmarks: F32 | Tensor) -> Conditioning:
         """Render from [478, 3] landmarks in output pixels (x right, y down, z away)."""
-        if self.kernel == "numpy":
-            return self._np(np.asarray(landmarks.cpu() if isinstance(landmarks, Tensor) else landmarks, np.float32))
+        if self.kernel == "cpu":
+            return self._cpu(np.asarray(landmarks.cpu() if isinstance(landmarks, Tensor) else landmarks, np.float32))
         points = torch.as_tensor(landmarks, dtype=torch.float32, device=self.device)
         assert points.shape[0] >= N_MESH_VERTICES and points.shape[1] == 3, points.shape
         vertices = points[:N_MESH_VERTICES]
@@ -141,7 +153,8 @@ class FaceRenderer:
         flat = (region == Region.EYE) | (region == Region.IRIS) | (region == Region.MOUTH)
         light = torch.where(flat, torch.ones_like(light), light)
         shaded = frags.dense(self.albedo[region] * light.unsqueeze(-1)).permute(2, 0, 1)
-        return Conditioning(uv_image.contiguous(), shaded.contiguous(), frags.dense(region))
+        uv16, shaded8 = _quantize(uv_image, 65535, np.uint16), _quantize(shaded, 255, np.uint8)
+        return Conditioning(uv16, shaded8, frags.dense(region).cpu())
 
     def _paint_irises(self, region: Tensor, points: Tensor, pixel: Tensor) -> Tensor:
         """Iris discs (centre + 4 rim landmarks each), visible only through the eye opening."""
@@ -155,73 +168,126 @@ class FaceRenderer:
         return region
 
 
-class _NumpyShading:
-    """`FaceRenderer` on the CPU in NumPy: what depends only on the mesh (triangles, regions, UVs,
-    the iris rims) is set up once; per frame, `NpRasterizer` (with its reused buffers), vertex
-    normals, interpolation and shading, as the PyTorch path computes them."""
+class _CpuShading:
+    """`FaceRenderer` on the CPU: `CpuRasterizer`, then one compiled pass (`_shade`) that paints
+    the irises, interpolates UVs and vertex normals, shades and quantizes, with the PyTorch path's
+    rules. What depends only on the mesh (triangles, regions, UVs) is set up once."""
 
     def __init__(self, mesh: CanonicalMesh, size: int, facing: float) -> None:
         self.size = size
         self.triangles = np.ascontiguousarray(mesh.triangles, dtype=np.int64)
-        self.corner_index = self.triangles.reshape(-1)
         self.tri_region = np.asarray(mesh.regions, dtype=np.int64)
-        self.uv = np.asarray(mesh.uv, dtype=np.float32)
-        self.albedo = _ALBEDO.numpy()
-        self.light = _LIGHT.numpy()
+        self.uv = np.ascontiguousarray(mesh.uv, dtype=np.float32)
+        self.albedo = np.ascontiguousarray(_ALBEDO.numpy())
+        self.light = np.ascontiguousarray(_LIGHT.numpy())
         self.facing = np.float32(facing)
         self._local = threading.local()  # one rasterizer per thread: it reuses per-pixel buffers
-        self.flat = np.zeros(N_REGIONS, dtype=bool)  # regions drawn unshaded
+        self.flat = np.zeros(N_REGIONS, dtype=np.bool_)  # regions drawn unshaded
         self.flat[[Region.EYE, Region.IRIS, Region.MOUTH]] = True
+        # The kernels compile (or load from Numba's cache) on first use; do it now, so that a live
+        # session's first frame does not wait for it.
+        canonical = np.asarray(mesh.vertices, np.float32) * np.float32(size / 20) + np.float32(size / 2)
+        self(canonical)
 
     @property
-    def raster(self) -> NpRasterizer:
+    def raster(self) -> CpuRasterizer:
         """This thread's rasterizer (`prepare` renders on a thread pool with one renderer)."""
-        raster: NpRasterizer | None = getattr(self._local, "raster", None)
+        raster: CpuRasterizer | None = getattr(self._local, "raster", None)
         if raster is None:
-            raster = self._local.raster = NpRasterizer(self.size, self.size)
+            raster = self._local.raster = CpuRasterizer(self.size, self.size)
         return raster
 
     def __call__(self, points: npt.NDArray[np.float32]) -> Conditioning:
         assert points.ndim == 2 and points.shape[0] >= N_MESH_VERTICES and points.shape[1] == 3, points.shape
-        vertices = points[:N_MESH_VERTICES]
+        vertices = np.ascontiguousarray(points[:N_MESH_VERTICES])
         frags = self.raster(vertices, self.triangles)
-        region = self.tri_region[frags.triangle]
+        irises = np.zeros((0, 3), np.float32)  # per iris: centre x, y and radius squared
         if points.shape[0] > RIGHT_IRIS[-1]:
-            region = self._paint_irises(region, points, frags.pixel)
+            irises = np.array([_iris_disc(points, iris) for iris in (RIGHT_IRIS, LEFT_IRIS)], np.float32)
+        side = self.size
+        uv16 = np.zeros((side, side, 3), np.uint16)
+        shaded8 = np.zeros((side, side, 3), np.uint8)
+        region = np.zeros((side, side), np.int64)
+        _shade(
+            frags.pixel, frags.triangle, frags.bary, vertices, self.triangles, self.tri_region, self.uv,
+            self.facing, irises, self.albedo, self.light, self.flat, side,
+            uv16.reshape(-1, 3), shaded8.reshape(-1, 3), region.reshape(-1),
+        )  # fmt: skip
+        return Conditioning(uv16, shaded8, torch.from_numpy(region))
 
-        y_up = vertices * np.array([1.0, -1.0, -1.0], np.float32)
-        corners = y_up[self.triangles]
-        face_n = np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]) * self.facing
-        vertex_n = np.zeros_like(vertices)
-        np.add.at(vertex_n, self.corner_index, np.repeat(face_n, 3, axis=0))
-        corners_at = np.concatenate([self.uv, vertex_n], axis=1)[self.triangles]  # [T, 3, 5] per triangle
-        both = np.einsum("pk,pkc->pc", frags.bary, corners_at[frags.triangle])  # [P, 5]
-        uv, normal = both[:, :2], both[:, 2:]
-        normal = normal / np.maximum(np.sqrt((normal * normal).sum(axis=1, keepdims=True)), np.float32(1e-8))
-        uv_flat = np.zeros((self.size * self.size, 3), np.float32)
-        uv_flat[frags.pixel, :2] = uv
-        uv_flat[frags.pixel, 2] = region.astype(np.float32) / np.float32(N_REGIONS - 1)
-        uv_image = uv_flat.reshape(self.size, self.size, 3)
-        light = np.float32(_AMBIENT) + np.float32(1 - _AMBIENT) * np.maximum(normal @ self.light, np.float32(0))
-        light = np.where(self.flat[region], np.float32(1), light)
-        shaded = frags.dense(self.albedo[region] * light[:, None])
-        return Conditioning(
-            torch.from_numpy(uv_image).permute(2, 0, 1),
-            torch.from_numpy(shaded).permute(2, 0, 1),
-            torch.from_numpy(frags.dense(region)),
-        )
 
-    def _paint_irises(
-        self, region: npt.NDArray[np.int64], points: F32, pixel: npt.NDArray[np.int64]
-    ) -> npt.NDArray[np.int64]:
-        """Iris discs (centre + 4 rim landmarks each), visible only through the eye opening."""
-        x = (pixel % self.size).astype(np.float32) + np.float32(0.5)
-        y = (pixel // self.size).astype(np.float32) + np.float32(0.5)
-        eye = region == Region.EYE
-        for iris in (RIGHT_IRIS, LEFT_IRIS):
-            centre = points[iris[0], :2]
-            rim = points[list(iris[1:]), :2] - centre
-            radius = np.sqrt((rim * rim).sum(axis=1)).mean(dtype=np.float32)
-            inside = (x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= radius**2
-            region = np.where(inside & eye, Region.IRIS, region)
-        return region
+def _iris_disc(points: F32, iris: tuple[int, ...]) -> tuple[np.float32, np.float32, np.float32]:
+    """An iris disc (centre + 4 rim landmarks): centre x, y and radius squared, in float32."""
+    centre = points[iris[0], :2].astype(np.float32)
+    rim = points[list(iris[1:]), :2].astype(np.float32) - centre
+    radius = np.sqrt((rim * rim).sum(axis=1)).mean(dtype=np.float32)
+    return centre[0], centre[1], radius**2
+
+
+_F0, _F1, _EPS = np.float32(0), np.float32(1), np.float32(1e-8)
+_HALF_PX, _AMB, _DIFFUSE = np.float32(0.5), np.float32(_AMBIENT), np.float32(1 - _AMBIENT)
+_U16, _U8, _CODE = np.float32(65535), np.float32(255), np.float32(N_REGIONS - 1)
+_EYE, _IRIS = int(Region.EYE), int(Region.IRIS)
+
+
+@numba.njit(cache=True, nogil=True)
+def _shade(
+    pixel: npt.NDArray[np.int64],
+    triangle: npt.NDArray[np.int64],
+    bary: F32,
+    vertices: F32,
+    triangles: npt.NDArray[np.int64],
+    tri_region: npt.NDArray[np.int64],
+    uv: F32,
+    facing: np.float32,
+    irises: F32,
+    albedo: F32,
+    light: F32,
+    flat: npt.NDArray[np.bool_],
+    side: int,
+    uv16: npt.NDArray[np.uint16],
+    shaded8: npt.NDArray[np.uint8],
+    region_out: npt.NDArray[np.int64],
+) -> None:
+    """Per covered pixel: its region (an eye pixel inside an iris disc is iris), the UV and vertex
+    normal interpolated from its triangle's corners, the shading (ambient + Lambert, flat for eyes,
+    irises and the mouth), all quantized into the flat output images. The vertex normals are the
+    sums of their triangles' normals (y up, towards the viewer), added in triangle order."""
+    normals = np.zeros((vertices.shape[0], 3), np.float32)
+    for t in range(triangles.shape[0]):
+        i, j, k = triangles[t, 0], triangles[t, 1], triangles[t, 2]
+        # y and z flipped to y up, z towards the viewer; edges from corner i.
+        ex, ey, ez = vertices[j, 0] - vertices[i, 0], vertices[i, 1] - vertices[j, 1], vertices[i, 2] - vertices[j, 2]
+        fx, fy, fz = vertices[k, 0] - vertices[i, 0], vertices[i, 1] - vertices[k, 1], vertices[i, 2] - vertices[k, 2]
+        nx, ny, nz = (ey * fz - ez * fy) * facing, (ez * fx - ex * fz) * facing, (ex * fy - ey * fx) * facing
+        for v in (i, j, k):
+            normals[v, 0] += nx
+            normals[v, 1] += ny
+            normals[v, 2] += nz
+    for n in range(pixel.shape[0]):
+        p, t = pixel[n], triangle[n]
+        code = tri_region[t]
+        if code == _EYE:
+            x, y = np.float32(p % side) + _HALF_PX, np.float32(p // side) + _HALF_PX
+            for d in range(irises.shape[0]):
+                dx, dy = x - irises[d, 0], y - irises[d, 1]
+                if dx * dx + dy * dy <= irises[d, 2]:
+                    code = _IRIS
+        region_out[p] = code
+        c0, c1, c2 = triangles[t, 0], triangles[t, 1], triangles[t, 2]
+        w0, w1, w2 = bary[n, 0], bary[n, 1], bary[n, 2]
+        u = w0 * uv[c0, 0] + w1 * uv[c1, 0] + w2 * uv[c2, 0]
+        v = w0 * uv[c0, 1] + w1 * uv[c1, 1] + w2 * uv[c2, 1]
+        uv16[p, 0] = np.uint16(np.rint(min(max(u, _F0), _F1) * _U16))
+        uv16[p, 1] = np.uint16(np.rint(min(max(v, _F0), _F1) * _U16))
+        uv16[p, 2] = np.uint16(np.rint(min(max(np.float32(code) / _CODE, _F0), _F1) * _U16))
+        lit = _F1
+        if not flat[code]:
+            mx = w0 * normals[c0, 0] + w1 * normals[c1, 0] + w2 * normals[c2, 0]
+            my = w0 * normals[c0, 1] + w1 * normals[c1, 1] + w2 * normals[c2, 1]
+            mz = w0 * normals[c0, 2] + w1 * normals[c1, 2] + w2 * normals[c2, 2]
+            norm = max(np.sqrt(mx * mx + my * my + mz * mz), _EPS)
+            lambert = (mx / norm) * light[0] + (my / norm) * light[1] + (mz / norm) * light[2]
+            lit = _AMB + _DIFFUSE * max(lambert, _F0)
+        for c in range(3):
+            shaded8[p, c] = np.uint8(np.rint(min(max(albedo[code, c] * lit, _F0), _F1) * _U8))

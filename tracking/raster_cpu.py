@@ -1,0 +1,176 @@
+"""The CPU rasterizer: `tracking.raster`'s algorithm as one compiled loop (Numba).
+
+Same rules as the PyTorch rasterizer (pixel centres at +0.5, a centre is inside when all three
+barycentric weights are >= 0, the nearest quantized depth wins, ties to the lower triangle id)
+and the same float32 arithmetic per candidate pixel, so on the same mesh it produces the same
+fragments, bit for bit (tests/test_raster.py). The per-triangle coefficients are computed in
+NumPy exactly as the PyTorch path computes them; the per-pixel work is a loop over each
+triangle's bounding box that keeps, per pixel, the smallest (depth, triangle) key and the
+weights that came with it. It runs on the calling thread without the GIL, so it neither
+competes with the engine's and MediaPipe's threads for the cores nor blocks the event loop.
+
+Numba compiles the kernel on first use and caches the machine code beside this file (or in
+NUMBA_CACHE_DIR), so a later process loads it in milliseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+import numpy.typing as npt
+
+from tracking.raster import DEPTH_BITS, ID_BITS
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+_FAR = np.iinfo(np.int64).max
+_HALF, _ZERO, _ONE = np.float32(0.5), np.float32(0.0), np.float32(1.0)
+_LEVELS = float((1 << DEPTH_BITS) - 1)
+
+
+@dataclass(frozen=True)
+class CpuFragments:
+    """The visible fragment of every covered pixel (as `tracking.raster.Fragments`, in NumPy).
+
+    Attributes:
+        height, width: image size.
+        pixel: [P] int64 flat index (y * width + x) of each covered pixel, ascending.
+        triangle: [P] int64 triangle drawn there.
+        bary: [P, 3] float32 barycentric weights of that triangle's corners.
+    """
+
+    height: int
+    width: int
+    pixel: I64
+    triangle: I64
+    bary: F32
+
+    def dense(self, values: npt.NDArray[np.generic], fill: float = 0.0) -> npt.NDArray[np.generic]:
+        """Per-fragment values [P, C] (or [P]) -> an image [H, W, C] (or [H, W])."""
+        shape = (self.height * self.width, *values.shape[1:])
+        out = np.zeros(shape, values.dtype) if fill == 0 else np.full(shape, fill, values.dtype)
+        out[self.pixel] = values
+        return out.reshape(self.height, self.width, *values.shape[1:])
+
+
+@numba.njit(cache=True, nogil=True)
+def _rasterize(
+    live: I64,
+    x0: I64,
+    x1: I64,
+    y0: I64,
+    y1: I64,
+    origin: F32,
+    coef_a: F32,
+    coef_b: F32,
+    depth: F32,
+    lo: float,
+    span: float,
+    width: int,
+    best: I64,
+    weights: F32,
+) -> tuple[I64, I64, F32]:
+    """Per live triangle, every pixel centre of its box: the weights w_k = a_k cx + b_k cy + [k == 0]
+    and depth z = a cx + b cy + z_0 (cx, cy relative to corner 0, float32, in the order the
+    PyTorch path adds them); the smallest key (quantized depth above the triangle id) wins its
+    pixel. `best` is all _FAR on entry and is left so; `weights` is scratch."""
+    id_bits = ID_BITS
+    far = _FAR
+    top, bottom, left, right = 1 << 62, -1, 1 << 62, -1
+    for t in live:
+        ox, oy = origin[t, 0], origin[t, 1]
+        a0, a1, a2 = coef_a[t, 0], coef_a[t, 1], coef_a[t, 2]
+        b0, b1, b2 = coef_b[t, 0], coef_b[t, 1], coef_b[t, 2]
+        da, db, dc = depth[t, 0], depth[t, 1], depth[t, 2]
+        top, bottom = min(top, y0[t]), max(bottom, y1[t])
+        left, right = min(left, x0[t]), max(right, x1[t])
+        for py in range(y0[t], y1[t] + 1):
+            cy = np.float32(py) + _HALF - oy
+            for px in range(x0[t], x1[t] + 1):
+                cx = np.float32(px) + _HALF - ox
+                w0 = a0 * cx + b0 * cy + _ONE
+                w1 = a1 * cx + b1 * cy + _ZERO
+                w2 = a2 * cx + b2 * cy + _ZERO
+                if w0 < _ZERO or w1 < _ZERO or w2 < _ZERO:
+                    continue
+                z = da * cx + db * cy + dc
+                unit = min(max((np.float64(z) - lo) / span, 0.0), 1.0)
+                key = (np.int64(np.rint(unit * _LEVELS)) << id_bits) | t
+                p = py * width + px
+                if key < best[p]:
+                    best[p] = key
+                    weights[p, 0], weights[p, 1], weights[p, 2] = w0, w1, w2
+    count = 0
+    for py in range(top, bottom + 1):
+        for p in range(py * width + left, py * width + right + 1):
+            count += best[p] != far
+    pixel = np.empty(count, np.int64)
+    triangle = np.empty(count, np.int64)
+    bary = np.empty((count, 3), np.float32)
+    i = 0
+    mask = (1 << id_bits) - 1
+    for py in range(top, bottom + 1):
+        for p in range(py * width + left, py * width + right + 1):
+            if best[p] != far:
+                pixel[i], triangle[i] = p, best[p] & mask
+                bary[i, 0], bary[i, 1], bary[i, 2] = weights[p, 0], weights[p, 1], weights[p, 2]
+                best[p] = far
+                i += 1
+    return pixel, triangle, bary
+
+
+class CpuRasterizer:
+    """Rasterizes meshes into `height` x `width` with a z-buffer (the conventions of
+    `tracking.raster.rasterize`), reusing its per-pixel buffers from frame to frame. One
+    instance per thread."""
+
+    def __init__(self, height: int, width: int) -> None:
+        if height < 1 or width < 1:
+            raise ValueError(f"the image must be at least 1 x 1, got {height} x {width}")
+        self.height, self.width = height, width
+        self._best = np.full(height * width, _FAR, dtype=np.int64)  # kept all _FAR between calls
+        self._weights = np.zeros((height * width, 3), dtype=np.float32)
+
+    def __call__(self, vertices: npt.NDArray[np.floating], triangles: I64) -> CpuFragments:
+        """Args: vertices [V, 3] (x, y) in pixels, z depth (smaller is nearer); triangles [T, 3]
+        int64 vertex indices, any winding."""
+        if vertices.ndim != 2 or vertices.shape[1] != 3 or triangles.ndim != 2 or triangles.shape[1] != 3:
+            raise ValueError(f"want vertices [V, 3] and triangles [T, 3], got {vertices.shape}, {triangles.shape}")
+        height, width = self.height, self.width
+        v = np.asarray(vertices, dtype=np.float32)
+        corners = v[triangles]  # [T, 3, 3]
+        xs, ys, zs = corners[..., 0], corners[..., 1], corners[..., 2]
+        x0 = np.clip(np.ceil(xs.min(axis=1) - 0.5), 0, width).astype(np.int64)
+        x1 = np.clip(np.floor(xs.max(axis=1) - 0.5), -1, width - 1).astype(np.int64)
+        y0 = np.clip(np.ceil(ys.min(axis=1) - 0.5), 0, height).astype(np.int64)
+        y1 = np.clip(np.floor(ys.max(axis=1) - 0.5), -1, height - 1).astype(np.int64)
+
+        # Barycentric weights and depth, affine in the pixel centre relative to corner 0, with
+        # tracking.raster's float32 operations in the same order.
+        nx, ny = np.roll(xs, -1, axis=1), np.roll(ys, -1, axis=1)  # corner k+1
+        px_, py_ = np.roll(xs, -2, axis=1), np.roll(ys, -2, axis=1)  # corner k+2
+        area = (xs[:, 1] - xs[:, 0]) * (ys[:, 2] - ys[:, 0]) - (ys[:, 1] - ys[:, 0]) * (xs[:, 2] - xs[:, 0])
+        ok = np.abs(area) > 1e-12
+        inv = np.where(ok, np.float32(1.0) / np.where(ok, area, np.float32(1.0)), np.float32(0.0))
+        coef_a = np.ascontiguousarray(-(py_ - ny) * inv[:, None])  # [T, 3]: d w_k / dx
+        coef_b = np.ascontiguousarray((px_ - nx) * inv[:, None])  # d w_k / dy
+        depth = np.stack([(zs * coef_a).sum(axis=1), (zs * coef_b).sum(axis=1), zs[:, 0]], axis=1)
+        origin = np.ascontiguousarray(corners[:, 0, :2])
+
+        live = np.flatnonzero(ok & (x1 >= x0) & (y1 >= y0))
+        if live.size == 0:
+            return _empty(height, width)
+        lo, hi = float(v[:, 2].min()), float(v[:, 2].max())
+        span = max(hi - lo, 1e-6)
+        best, weights = self._best, self._weights
+        pixel, triangle, bary = _rasterize(
+            live, x0, x1, y0, y1, origin, coef_a, coef_b, depth, lo, span, width, best, weights
+        )
+        return CpuFragments(height, width, pixel, triangle, bary)
+
+
+def _empty(height: int, width: int) -> CpuFragments:
+    none = np.zeros(0, dtype=np.int64)
+    return CpuFragments(height, width, none, none, np.zeros((0, 3), dtype=np.float32))
