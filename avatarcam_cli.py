@@ -426,6 +426,7 @@ def _add_service_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8080, help="port of the page, API and signaling (0: any free one)")
     p.add_argument("--backend", help="engine backend (default: onnx on cpu, torch on cuda)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--threads", type=int, help="the engine's CPU threads (default: every core but one)")
     p.add_argument("--log-format", choices=["text", "json"], default="text", help="json: one JSON object per line")
     p.add_argument("--camera-size", default="1280x720", help="virtual camera format WxH (1280x720, 1920x1080, 640x480)")
     p.add_argument(
@@ -566,7 +567,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", type=Path, help="driving video (default: a driver in ../shared/data)")
     p.add_argument("--network", choices=["auto", "teacher", "student"], default="auto")
     p.add_argument("--codec", choices=["vp8", "h264"], default="vp8")
-    p.add_argument("--threads", type=int, help="torch / onnxruntime threads (default: torch's)")
+    p.add_argument("--threads", type=int, help="torch / onnxruntime threads (default: as serve, every core but one)")
     p.add_argument(
         "--mode",
         choices=["pipeline", "sequential", "both"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,6 +14,19 @@ from models.avatar import Avatar
 
 U8 = npt.NDArray[np.uint8]
 U16 = npt.NDArray[np.uint16]
+
+
+def live_threads(cores: int | None = None) -> int:
+    """Intra-op threads for a CPU engine beside the live pipeline: every core but one.
+
+    The pipeline tracks and renders frame n+1 on one thread while the engine generates frame n
+    on another, and the sinks encode beside them; an engine that takes every core (and whose
+    pool spins between calls) slows all three. On 2 cores one thread gave 79.5 fps unpaced and
+    a capture-to-sink p50 of 21.5 ms at 30 fps, against 55.8 fps and 22.8 ms with two (docs/
+    benchmarks.md, "Engine threads beside the pipeline").
+    """
+    available = cores if cores is not None else len(os.sched_getaffinity(0))
+    return max(1, available - 1)
 
 
 class EngineUnavailable(RuntimeError):

@@ -32,6 +32,8 @@ class ServeConfig:
         source_fps: pace a file source at this rate, as a camera would deliver it (None: the
             file's own rate).
         backend, device: the engine.
+        threads: the engine's intra-op threads on the CPU (None: every core but one, left to
+            tracking, rendering and encoding; `models.engines.base.live_threads`).
         compose: background mode and badge.
         framing: the virtual camera's format (default 1280x720) and how the avatar fills it; its
             background picture is compose.image.
@@ -84,6 +86,7 @@ class ServeConfig:
     source_fps: float | None = None
     backend: str = "torch"
     device: str = "cpu"
+    threads: int | None = None
     compose: ComposeConfig = field(default_factory=ComposeConfig)
     framing: FramingConfig = field(default_factory=FramingConfig)
     badge_required: bool = False
@@ -127,6 +130,8 @@ class ServeConfig:
                 raise ValueError(f"avatar {path} does not exist; train and export one, or run `avatarcam demo`")
         if self.backend not in ENGINES:
             raise ValueError(f"unknown engine backend {self.backend!r}; choose one of {sorted(ENGINES)}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads must be at least 1, got {self.threads}")
         if self.rtp_time not in ("capture", "send"):
             raise ValueError(f"rtp_time must be capture or send, got {self.rtp_time!r}")
         if self.frame_release not in FRAME_RELEASE:

@@ -309,7 +309,12 @@ async def serve(config: ServeConfig) -> None:
 
 
 def run(config: ServeConfig) -> None:
-    """The CLI's entry point: uvloop when installed, then `serve`."""
+    """The CLI's entry point: the engine's CPU threads, uvloop when installed, then `serve`."""
+    import torch
+
+    from models.engines.base import live_threads
+
+    torch.set_num_threads(config.threads or live_threads())  # onnxruntime takes torch's setting too
     try:
         import uvloop
 

@@ -43,7 +43,7 @@ import torch
 
 from models.avatar import Avatar, load_avatar
 from models.engines import create_engine
-from models.engines.base import U8
+from models.engines.base import U8, live_threads
 from streamer.core.clock import Clock, MonotonicClock
 from streamer.core.frames import Frame, Layers
 from streamer.core.metrics import STAGES as SERVICE_STAGES
@@ -85,7 +85,7 @@ class BenchOptions:
         network: "student" or "teacher" to pick from an avatar carrying both; "auto" runs the
             student when present.
         codec: the encoder of the encode stage (sequential) and the encoding sink (pipeline).
-        threads: torch / onnxruntime intra-op threads (default: torch's current setting).
+        threads: torch / onnxruntime intra-op threads (default: as `serve`, every core but one).
         mode: "pipeline" (the live session), "sequential" (stage after stage), or "both".
         source_fps: the paced source's frame rate in the pipeline mode (the camera's); 0: unpaced,
             each frame read as soon as the drive stage took the last (back-pressure, no drops at
@@ -238,8 +238,7 @@ def peak_rss_mb() -> float:
 def run(options: BenchOptions) -> dict[str, Any]:
     """Run the benchmark; returns the JSON-able report."""
     options.validate()
-    if options.threads:
-        torch.set_num_threads(options.threads)
+    torch.set_num_threads(options.threads or live_threads())
     avatar = pick_network(load_avatar(options.avatar), options.network)
     next(camera_frames(options.driver, 1))  # fail on an unreadable video before building anything
     if options.device.startswith("cuda"):
@@ -405,7 +404,7 @@ def run_sequential(options: BenchOptions, avatar: Avatar, layers: list[Layers]) 
 
     resolution = avatar.network.image_size
     engine = create_engine(options.backend, avatar, options.device)
-    tracker = TimedTracker(mode="video")
+    tracker = TimedTracker(mode="video", max_faces=1)  # as the live session tracks (one face: no detector per frame)
     driver = LiveDriver(avatar.expression, avatar.crop, FaceRenderer(tracker.mesh, resolution, options.device), tracker)
     composer = Compositor(ComposeConfig(), resolution)
     keep = not layers
