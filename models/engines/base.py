@@ -23,7 +23,7 @@ def live_threads(cores: int | None = None) -> int:
     on another, and the sinks encode beside them; an engine that takes every core (and whose
     pool spins between calls) slows all three. On 2 cores one thread gave 79.5 fps unpaced and
     a capture-to-sink p50 of 21.5 ms at 30 fps, against 55.8 fps and 22.8 ms with two (docs/
-    benchmarks.md, "Engine threads beside the pipeline").
+    benchmarks.md, "A compiled renderer and one engine thread").
     """
     available = cores if cores is not None else len(os.sched_getaffinity(0))
     return max(1, available - 1)
