@@ -37,7 +37,6 @@ from torch import Tensor, nn
 
 from models.avatar import load_avatar
 from models.engines.onnx_engine import export_onnx
-from models.networks.layers import upsample2x
 from models.networks.student import StudentNet, lookup_texels
 from streamer.core.figures import percentiles
 from streamer.tools.bench import Encoder
@@ -61,17 +60,7 @@ class Student512(nn.Module):
 
     def forward(self, uv: Tensor, shaded: Tensor) -> tuple[Tensor, Tensor]:
         b = self.body
-        x = b.stem(torch.cat([shaded, uv], dim=1) * 2 - 1) + b.canvas
-        if b.face is not None:
-            uv_half = uv[:, :, ::2, ::2]
-            x = x + b.face(lookup_texels(b.texture, uv_half) * (uv_half[:, 2:3] > 0).to(uv.dtype))
-        x = F.relu(x)
-        skips = []
-        for down in b.down:
-            skips.append(x)
-            x = down(x)
-        for i in reversed(range(len(b.down))):
-            x = b.fuse[i](b.lateral[i](upsample2x(x)) + skips[i])
+        x = b.decode(uv, shaded)  # [N, w0, H/2, H/2]
         out = self.head(F.relu(self.up(x))) + self.backdrop  # [N, 4, 2H, 2H]
         image = out[:, :3]
         if b.config.rgb_skip:

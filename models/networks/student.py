@@ -132,7 +132,8 @@ class StudentNet(nn.Module):
         if self.head.bias is not None:
             nn.init.zeros_(self.head.bias)
 
-    def forward(self, uv: Tensor, shaded: Tensor) -> tuple[Tensor, Tensor]:
+    def decode(self, uv: Tensor, shaded: Tensor) -> Tensor:
+        """Everything before the head: the decoder's features [N, w0, H/2, H/2]."""
         n, h = uv.shape[0], self.config.image_size
         assert_shape(uv, [n, 3, h, h], "uv")
         assert_shape(shaded, [n, 3, h, h], "shaded")
@@ -148,7 +149,11 @@ class StudentNet(nn.Module):
             x = down(x)
         for i in reversed(range(len(self.down))):
             x = self.fuse[i](self.lateral[i](upsample2x(x)) + skips[i])
-        out = self.head(x) + self.backdrop  # [N, 4, H, W]
+        return x
+
+    def forward(self, uv: Tensor, shaded: Tensor) -> tuple[Tensor, Tensor]:
+        n, h = uv.shape[0], self.config.image_size
+        out = self.head(self.decode(uv, shaded)) + self.backdrop  # [N, 4, H, W]
         assert_shape(out, [n, 4, h, h], "student output")
         image = out[:, :3]
         if self.config.rgb_skip:
