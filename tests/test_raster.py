@@ -204,3 +204,18 @@ def test_one_cpu_renderer_shared_by_threads_renders_each_frame_right(
             got = list(pool.map(lambda p: shared(p).uv_u16(), frames))
             for i, (a, b) in enumerate(zip(got, expected, strict=True)):
                 np.testing.assert_array_equal(a, b, err_msg=f"frame {i}")
+
+
+def test_kernels_compile_without_a_writable_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read-only install run by a user without a writable home leaves Numba no cache folder:
+    the kernels must still compile (in the process) instead of failing at import."""
+    from numba.core import caching
+
+    from tracking.raster_cpu import compiled
+
+    monkeypatch.setattr(caching.CacheImpl, "_locator_classes", [])  # no folder Numba may write
+
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    assert compiled(add)(2, 3) == 5

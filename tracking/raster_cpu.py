@@ -10,12 +10,16 @@ weights that came with it. It runs on the calling thread without the GIL, so it 
 competes with the engine's and MediaPipe's threads for the cores nor blocks the event loop.
 
 Numba compiles the kernel on first use and caches the machine code beside this file (or in
-NUMBA_CACHE_DIR), so a later process loads it in milliseconds.
+NUMBA_CACHE_DIR, or the user's cache folder), so a later process loads it in a fraction of a
+second; where none of those is writable, each process compiles it afresh (`compiled`).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
@@ -28,6 +32,19 @@ I64 = npt.NDArray[np.int64]
 _FAR = np.iinfo(np.int64).max
 _HALF, _ZERO, _ONE = np.float32(0.5), np.float32(0.0), np.float32(1.0)
 _LEVELS = float((1 << DEPTH_BITS) - 1)
+log = logging.getLogger(__name__)
+
+
+def compiled(function: Callable[..., Any]) -> Any:
+    """`numba.njit(nogil=True)`, with its machine code cached on disk where Numba finds a writable
+    folder. A read-only install run by a user without a writable home has none, and Numba would
+    refuse to decorate (RuntimeError at import); then it compiles in each process instead (about
+    1.5 s, once per process)."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError as exc:
+        log.info("%s: %s; compiling it in this process (set NUMBA_CACHE_DIR to keep it)", function.__name__, exc)
+        return numba.njit(nogil=True)(function)
 
 
 @dataclass(frozen=True)
@@ -55,7 +72,7 @@ class CpuFragments:
         return out.reshape(self.height, self.width, *values.shape[1:])
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _rasterize(
     live: I64,
     x0: I64,

@@ -17,7 +17,6 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numba
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -25,7 +24,7 @@ from torch import Tensor
 
 from tracking.mesh import LEFT_IRIS, N_MESH_VERTICES, RIGHT_IRIS, CanonicalMesh, Region
 from tracking.raster import rasterize
-from tracking.raster_cpu import CpuRasterizer
+from tracking.raster_cpu import CpuRasterizer, compiled
 
 F32 = npt.NDArray[np.float32]
 N_REGIONS = len(Region)
@@ -230,7 +229,7 @@ _U16, _U8, _CODE = np.float32(65535), np.float32(255), np.float32(N_REGIONS - 1)
 _EYE, _IRIS = int(Region.EYE), int(Region.IRIS)
 
 
-@numba.njit(cache=True, nogil=True)
+@compiled
 def _shade(
     pixel: npt.NDArray[np.int64],
     triangle: npt.NDArray[np.int64],
