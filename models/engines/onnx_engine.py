@@ -44,9 +44,15 @@ def _onnxruntime() -> Any:
     return onnxruntime
 
 
+GRAPH_VERSION = 2
+"""Raise when an inference network's forward() changes without its weights changing (2: the
+student's base as one gather), so no cache keeps serving the old graph."""
+
+
 def network_key(net: nn.Module) -> str:
-    """A short digest of the network's weights and the exporter's versions."""
-    digest = hashlib.sha256(f"torch {torch.__version__} opset {OPSET} {type(net).__name__}".encode())
+    """A short digest of the network's weights, its graph's version and the exporter's versions."""
+    header = f"torch {torch.__version__} opset {OPSET} {type(net).__name__} graph {GRAPH_VERSION}"
+    digest = hashlib.sha256(header.encode())
     for name, tensor in sorted(net.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
