@@ -1,12 +1,15 @@
 """Engines side by side: torch vs onnx, teacher vs student, on the same real renders in one run.
 
     .venv/bin/python benchmarks/bench_engines.py STUDENT.avatar --data DATA [--frames N] [--threads T]
-        [--backends torch onnx] [--device cpu]
+        [--backends torch onnx] [--device cpu] [--onnx-graph NAME=FILE ...]
 
 Times one engine call (batch 1, uint16/uint8 in, uint8 out) per frame on renders from the
 dataset's test split. The engines take turns in blocks of 10 frames, so load from other work
 on a shared machine falls on all of them alike. Prints p50/p99 per engine and its ratio to the
-baseline, the torch teacher (the reference backend), measured in the same run.
+baseline, the torch teacher (the reference backend), measured in the same run. `--onnx-graph
+NAME=FILE` adds the onnx engine on another exported graph of the same avatar (e.g. one written by
+an older checkout's `avatarcam export --onnx`), and reports its outputs' largest difference from
+the onnx student's, to compare two versions of the graph in one run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 
 from models.avatar import load_avatar
 from models.engines import Engine, create_engine
+from models.engines.onnx_engine import OnnxEngine
 from models.training.data import FrameSet
 
 BLOCK = 10
@@ -35,7 +39,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backends", nargs="+", default=["torch", "onnx"])
+    parser.add_argument("--onnx-graph", action="append", default=[], metavar="NAME=FILE")
     args = parser.parse_args()
+    if args.onnx_graph and "onnx" not in args.backends:
+        raise SystemExit("--onnx-graph compares with the onnx backend: keep onnx in --backends")
     torch.set_num_threads(args.threads)
 
     avatar = load_avatar(args.avatar)
@@ -53,13 +60,23 @@ def main() -> None:
             engine = create_engine(backend, variant, args.device)
             engine(uv[:1], shaded[:1])  # warm-up: allocations, graph optimization
             engines[f"{backend}/{network}"] = engine
+    for text in args.onnx_graph:
+        name, _, path = text.partition("=")
+        engine = OnnxEngine(avatar, args.device, model=Path(path), threads=args.threads)
+        engine(uv[:1], shaded[:1])
+        engines[f"onnx/{name}"] = engine
     times: dict[str, list[float]] = {name: [] for name in engines}
+    largest: dict[str, int] = {f"onnx/{t.partition('=')[0]}": 0 for t in args.onnx_graph}
     for start in range(0, len(uv), BLOCK):
         for name, engine in engines.items():
             for i in range(start, min(start + BLOCK, len(uv))):
                 t0 = time.perf_counter()
-                engine(uv[i : i + 1], shaded[i : i + 1])
+                out = engine(uv[i : i + 1], shaded[i : i + 1])
                 times[name].append(time.perf_counter() - t0)
+                if name in largest:
+                    ours = engines["onnx/student"](uv[i : i + 1], shaded[i : i + 1])
+                    diff = np.abs(out.image.astype(np.int16) - ours.image.astype(np.int16)).max()
+                    largest[name] = max(largest[name], int(diff))
 
     baseline = "torch/teacher" if "torch/teacher" in times else next(iter(times))
     base_p50 = float(np.percentile(times[baseline], 50))
@@ -78,6 +95,7 @@ def main() -> None:
             }
             for name, t in times.items()
         },
+        "largest_image_difference_from_onnx_student": largest,
         "versions": {"torch": torch.__version__, "onnxruntime": _version("onnxruntime")},
     }
     print(json.dumps(report, indent=2))
