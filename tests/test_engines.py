@@ -91,6 +91,21 @@ def test_registry_and_errors(tiny_avatar: Path) -> None:
         engine(np.zeros((1, 64, 64, 3), np.uint16), np.zeros((1, 32, 32, 3), np.uint8))
 
 
+def test_the_live_engine_leaves_a_core_to_the_pipeline() -> None:
+    from models.engines.base import live_threads
+
+    assert [live_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    assert live_threads() >= 1
+
+
+def test_serve_refuses_a_thread_count_below_one(tiny_avatar: Path) -> None:
+    from streamer.serve.config import ServeConfig
+    from streamer.sources import SourceSpec
+
+    with pytest.raises(ValueError, match="threads must be at least 1"):
+        ServeConfig(avatars=(tiny_avatar,), source=SourceSpec("webrtc", ""), threads=0).resolved()
+
+
 @pytest.mark.skipif(_has_tensorrt(), reason="TensorRT is installed here; the parity test below covers it")
 def test_tensorrt_missing_is_a_clear_error(tiny_avatar: Path) -> None:
     with pytest.raises(EngineUnavailable, match="TensorRT"):
