@@ -119,7 +119,7 @@ def test_smoke_run_fills_every_cell_without_the_gpu_machine_s_missing_modules(sm
         assert cell["status"] == "skipped" and cell["reason"], cell
 
 
-def test_what_the_run_imports_loads_without_mediapipe_pyav_aiortc() -> None:
+def test_what_the_run_imports_loads_without_mediapipe_pyav_aiortc_numba() -> None:
     """The GPU machine has none of them: a module-level import of one would end the run there."""
     code = (
         "import sys; sys.path.insert(0, 'benchmarks'); from gpu_check.run import BLOCKED, block_imports; "

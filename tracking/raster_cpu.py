@@ -1,4 +1,5 @@
-"""The CPU rasterizer: `tracking.raster`'s algorithm as one compiled loop (Numba).
+"""The CPU renderer's compiled kernels (Numba): `tracking.raster`'s algorithm as one loop, and
+`tracking.render`'s shading as another.
 
 Same rules as the PyTorch rasterizer (pixel centres at +0.5, a centre is inside when all three
 barycentric weights are >= 0, the nearest quantized depth wins, ties to the lower triangle id)
@@ -25,6 +26,7 @@ import numba
 import numpy as np
 import numpy.typing as npt
 
+from tracking.mesh import Region
 from tracking.raster import DEPTH_BITS, ID_BITS
 
 F32 = npt.NDArray[np.float32]
@@ -191,3 +193,75 @@ class CpuRasterizer:
 def _empty(height: int, width: int) -> CpuFragments:
     none = np.zeros(0, dtype=np.int64)
     return CpuFragments(height, width, none, none, np.zeros((0, 3), dtype=np.float32))
+
+
+_EPS, _U16, _U8 = np.float32(1e-8), np.float32(65535), np.float32(255)
+_CODE = np.float32(len(Region) - 1)
+_EYE, _IRIS = int(Region.EYE), int(Region.IRIS)
+
+
+@compiled
+def shade(
+    pixel: npt.NDArray[np.int64],
+    triangle: npt.NDArray[np.int64],
+    bary: F32,
+    vertices: F32,
+    triangles: npt.NDArray[np.int64],
+    tri_region: npt.NDArray[np.int64],
+    uv: F32,
+    facing: np.float32,
+    irises: F32,
+    albedo: F32,
+    light: F32,
+    ambient: np.float32,
+    diffuse: np.float32,
+    flat: npt.NDArray[np.bool_],
+    side: int,
+    uv16: npt.NDArray[np.uint16],
+    shaded8: npt.NDArray[np.uint8],
+    region_out: npt.NDArray[np.int64],
+) -> None:
+    """`tracking.render`'s CPU shading. Per covered pixel: its region (an eye pixel inside an iris
+    disc is iris), the UV and vertex normal interpolated from its triangle's corners, the shading
+    (ambient + diffuse x Lambert, flat where `flat[region]`), all quantized into the flat output images
+    (uint16 UV with region / (regions - 1) in blue, uint8 RGB, int64 regions). The vertex normals
+    are the sums of their triangles' normals (y up, towards the viewer), added in triangle order,
+    as np.add.at adds them."""
+    normals = np.zeros((vertices.shape[0], 3), np.float32)
+    for t in range(triangles.shape[0]):
+        i, j, k = triangles[t, 0], triangles[t, 1], triangles[t, 2]
+        # y and z flipped to y up, z towards the viewer; edges from corner i.
+        ex, ey, ez = vertices[j, 0] - vertices[i, 0], vertices[i, 1] - vertices[j, 1], vertices[i, 2] - vertices[j, 2]
+        fx, fy, fz = vertices[k, 0] - vertices[i, 0], vertices[i, 1] - vertices[k, 1], vertices[i, 2] - vertices[k, 2]
+        nx, ny, nz = (ey * fz - ez * fy) * facing, (ez * fx - ex * fz) * facing, (ex * fy - ey * fx) * facing
+        for v in (i, j, k):
+            normals[v, 0] += nx
+            normals[v, 1] += ny
+            normals[v, 2] += nz
+    for n in range(pixel.shape[0]):
+        p, t = pixel[n], triangle[n]
+        code = tri_region[t]
+        if code == _EYE:
+            x, y = np.float32(p % side) + _HALF, np.float32(p // side) + _HALF
+            for d in range(irises.shape[0]):
+                dx, dy = x - irises[d, 0], y - irises[d, 1]
+                if dx * dx + dy * dy <= irises[d, 2]:
+                    code = _IRIS
+        region_out[p] = code
+        c0, c1, c2 = triangles[t, 0], triangles[t, 1], triangles[t, 2]
+        w0, w1, w2 = bary[n, 0], bary[n, 1], bary[n, 2]
+        u = w0 * uv[c0, 0] + w1 * uv[c1, 0] + w2 * uv[c2, 0]
+        v = w0 * uv[c0, 1] + w1 * uv[c1, 1] + w2 * uv[c2, 1]
+        uv16[p, 0] = np.uint16(np.rint(min(max(u, _ZERO), _ONE) * _U16))
+        uv16[p, 1] = np.uint16(np.rint(min(max(v, _ZERO), _ONE) * _U16))
+        uv16[p, 2] = np.uint16(np.rint(min(max(np.float32(code) / _CODE, _ZERO), _ONE) * _U16))
+        lit = _ONE
+        if not flat[code]:
+            mx = w0 * normals[c0, 0] + w1 * normals[c1, 0] + w2 * normals[c2, 0]
+            my = w0 * normals[c0, 1] + w1 * normals[c1, 1] + w2 * normals[c2, 1]
+            mz = w0 * normals[c0, 2] + w1 * normals[c1, 2] + w2 * normals[c2, 2]
+            norm = max(np.sqrt(mx * mx + my * my + mz * mz), _EPS)
+            lambert = (mx / norm) * light[0] + (my / norm) * light[1] + (mz / norm) * light[2]
+            lit = ambient + diffuse * max(lambert, _ZERO)
+        for c in range(3):
+            shaded8[p, c] = np.uint8(np.rint(min(max(albedo[code, c] * lit, _ZERO), _ONE) * _U8))

@@ -24,7 +24,11 @@ from torch import Tensor
 
 from tracking.mesh import LEFT_IRIS, N_MESH_VERTICES, RIGHT_IRIS, CanonicalMesh, Region
 from tracking.raster import rasterize
-from tracking.raster_cpu import CpuRasterizer, compiled
+
+try:
+    from tracking import raster_cpu
+except ImportError:  # no Numba (a GPU machine's bare Python, `benchmarks/gpu_check`): the PyTorch kernel
+    raster_cpu = None  # type: ignore[assignment]
 
 F32 = npt.NDArray[np.float32]
 N_REGIONS = len(Region)
@@ -100,8 +104,8 @@ class FaceRenderer:
         size: output side in pixels.
         device: where rasterization runs; results are identical on CPU and CUDA up to float
             rounding at triangle edges.
-        kernel: "cpu" (the CPU default: `tracking.raster_cpu` and `_shade`, compiled) or "torch"
-            (the CUDA default, and on the CPU the older, slower path).
+        kernel: "cpu" (the CPU default: `tracking.raster_cpu`'s compiled kernels) or "torch" (the
+            CUDA default, and on the CPU the older, slower path, and the one used without Numba).
     """
 
     def __init__(
@@ -111,7 +115,10 @@ class FaceRenderer:
         self.device = torch.device(device)
         if kernel == "cpu" and self.device.type != "cpu":
             raise ValueError(f"the cpu kernel renders on the CPU, not on {self.device}")
-        self.kernel: Kernel = kernel if kernel != "auto" else ("cpu" if self.device.type == "cpu" else "torch")
+        if kernel == "cpu" and raster_cpu is None:
+            raise ValueError("the cpu kernel needs Numba: pip install numba (or kernel='torch')")
+        cpu = self.device.type == "cpu" and raster_cpu is not None
+        self.kernel: Kernel = kernel if kernel != "auto" else ("cpu" if cpu else "torch")
         self.triangles = torch.as_tensor(mesh.triangles, device=self.device)
         self.tri_region = torch.as_tensor(mesh.regions, device=self.device)
         self.uv = torch.as_tensor(mesh.uv, device=self.device)
@@ -168,7 +175,7 @@ class FaceRenderer:
 
 
 class _CpuShading:
-    """`FaceRenderer` on the CPU: `CpuRasterizer`, then one compiled pass (`_shade`) that paints
+    """`FaceRenderer` on the CPU: `raster_cpu.CpuRasterizer`, then one compiled pass (`raster_cpu.shade`) that paints
     the irises, interpolates UVs and vertex normals, shades and quantizes, with the PyTorch path's
     rules. What depends only on the mesh (triangles, regions, UVs) is set up once."""
 
@@ -180,6 +187,7 @@ class _CpuShading:
         self.albedo = np.ascontiguousarray(_ALBEDO.numpy())
         self.light = np.ascontiguousarray(_LIGHT.numpy())
         self.facing = np.float32(facing)
+        self.ambient, self.diffuse = np.float32(_AMBIENT), np.float32(1 - _AMBIENT)
         self._local = threading.local()  # one rasterizer per thread: it reuses per-pixel buffers
         self.flat = np.zeros(N_REGIONS, dtype=np.bool_)  # regions drawn unshaded
         self.flat[[Region.EYE, Region.IRIS, Region.MOUTH]] = True
@@ -189,11 +197,11 @@ class _CpuShading:
         self(canonical)
 
     @property
-    def raster(self) -> CpuRasterizer:
+    def raster(self) -> raster_cpu.CpuRasterizer:
         """This thread's rasterizer (`prepare` renders on a thread pool with one renderer)."""
-        raster: CpuRasterizer | None = getattr(self._local, "raster", None)
+        raster: raster_cpu.CpuRasterizer | None = getattr(self._local, "raster", None)
         if raster is None:
-            raster = self._local.raster = CpuRasterizer(self.size, self.size)
+            raster = self._local.raster = raster_cpu.CpuRasterizer(self.size, self.size)
         return raster
 
     def __call__(self, points: npt.NDArray[np.float32]) -> Conditioning:
@@ -207,9 +215,9 @@ class _CpuShading:
         uv16 = np.zeros((side, side, 3), np.uint16)
         shaded8 = np.zeros((side, side, 3), np.uint8)
         region = np.zeros((side, side), np.int64)
-        _shade(
+        raster_cpu.shade(
             frags.pixel, frags.triangle, frags.bary, vertices, self.triangles, self.tri_region, self.uv,
-            self.facing, irises, self.albedo, self.light, self.flat, side,
+            self.facing, irises, self.albedo, self.light, self.ambient, self.diffuse, self.flat, side,
             uv16.reshape(-1, 3), shaded8.reshape(-1, 3), region.reshape(-1),
         )  # fmt: skip
         return Conditioning(uv16, shaded8, torch.from_numpy(region))
@@ -221,72 +229,3 @@ def _iris_disc(points: F32, iris: tuple[int, ...]) -> tuple[np.float32, np.float
     rim = points[list(iris[1:]), :2].astype(np.float32) - centre
     radius = np.sqrt((rim * rim).sum(axis=1)).mean(dtype=np.float32)
     return centre[0], centre[1], radius**2
-
-
-_F0, _F1, _EPS = np.float32(0), np.float32(1), np.float32(1e-8)
-_HALF_PX, _AMB, _DIFFUSE = np.float32(0.5), np.float32(_AMBIENT), np.float32(1 - _AMBIENT)
-_U16, _U8, _CODE = np.float32(65535), np.float32(255), np.float32(N_REGIONS - 1)
-_EYE, _IRIS = int(Region.EYE), int(Region.IRIS)
-
-
-@compiled
-def _shade(
-    pixel: npt.NDArray[np.int64],
-    triangle: npt.NDArray[np.int64],
-    bary: F32,
-    vertices: F32,
-    triangles: npt.NDArray[np.int64],
-    tri_region: npt.NDArray[np.int64],
-    uv: F32,
-    facing: np.float32,
-    irises: F32,
-    albedo: F32,
-    light: F32,
-    flat: npt.NDArray[np.bool_],
-    side: int,
-    uv16: npt.NDArray[np.uint16],
-    shaded8: npt.NDArray[np.uint8],
-    region_out: npt.NDArray[np.int64],
-) -> None:
-    """Per covered pixel: its region (an eye pixel inside an iris disc is iris), the UV and vertex
-    normal interpolated from its triangle's corners, the shading (ambient + Lambert, flat for eyes,
-    irises and the mouth), all quantized into the flat output images. The vertex normals are the
-    sums of their triangles' normals (y up, towards the viewer), added in triangle order."""
-    normals = np.zeros((vertices.shape[0], 3), np.float32)
-    for t in range(triangles.shape[0]):
-        i, j, k = triangles[t, 0], triangles[t, 1], triangles[t, 2]
-        # y and z flipped to y up, z towards the viewer; edges from corner i.
-        ex, ey, ez = vertices[j, 0] - vertices[i, 0], vertices[i, 1] - vertices[j, 1], vertices[i, 2] - vertices[j, 2]
-        fx, fy, fz = vertices[k, 0] - vertices[i, 0], vertices[i, 1] - vertices[k, 1], vertices[i, 2] - vertices[k, 2]
-        nx, ny, nz = (ey * fz - ez * fy) * facing, (ez * fx - ex * fz) * facing, (ex * fy - ey * fx) * facing
-        for v in (i, j, k):
-            normals[v, 0] += nx
-            normals[v, 1] += ny
-            normals[v, 2] += nz
-    for n in range(pixel.shape[0]):
-        p, t = pixel[n], triangle[n]
-        code = tri_region[t]
-        if code == _EYE:
-            x, y = np.float32(p % side) + _HALF_PX, np.float32(p // side) + _HALF_PX
-            for d in range(irises.shape[0]):
-                dx, dy = x - irises[d, 0], y - irises[d, 1]
-                if dx * dx + dy * dy <= irises[d, 2]:
-                    code = _IRIS
-        region_out[p] = code
-        c0, c1, c2 = triangles[t, 0], triangles[t, 1], triangles[t, 2]
-        w0, w1, w2 = bary[n, 0], bary[n, 1], bary[n, 2]
-        u = w0 * uv[c0, 0] + w1 * uv[c1, 0] + w2 * uv[c2, 0]
-        v = w0 * uv[c0, 1] + w1 * uv[c1, 1] + w2 * uv[c2, 1]
-        uv16[p, 0] = np.uint16(np.rint(min(max(u, _F0), _F1) * _U16))
-        uv16[p, 1] = np.uint16(np.rint(min(max(v, _F0), _F1) * _U16))
-        uv16[p, 2] = np.uint16(np.rint(min(max(np.float32(code) / _CODE, _F0), _F1) * _U16))
-        lit = _F1
-        if not flat[code]:
-            mx = w0 * normals[c0, 0] + w1 * normals[c1, 0] + w2 * normals[c2, 0]
-            my = w0 * normals[c0, 1] + w1 * normals[c1, 1] + w2 * normals[c2, 1]
-            mz = w0 * normals[c0, 2] + w1 * normals[c1, 2] + w2 * normals[c2, 2]
-            norm = max(np.sqrt(mx * mx + my * my + mz * mz), _EPS)
-            lambert = (mx / norm) * light[0] + (my / norm) * light[1] + (mz / norm) * light[2]
-            lit = _AMB + _DIFFUSE * max(lambert, _F0)
-        for c in range(3):
-            shaded8[p, c] = np.uint8(np.rint(min(max(albedo[code, c] * lit, _F0), _F1) * _U8))

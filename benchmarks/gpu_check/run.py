@@ -4,7 +4,7 @@
     python benchmarks/gpu_check run --pack .gpucheck --out OUT          # on the GPU machine, <= 9 minutes
     python benchmarks/gpu_check run --pack P --out O --smoke            # CPU, tiny preset, seconds (CI)
 
-`pack` turns a prepared dataset into what a GPU machine without mediapipe, PyAV, aiortc or a
+`pack` turns a prepared dataset into what a GPU machine without mediapipe, PyAV, aiortc, Numba or a
 network needs: evenly spaced training and test frames (JPEG q95), person masks (PNG), the
 tracked landmarks (float32), the background, the expression model, the canonical face mesh
 (parsed here, where mediapipe is installed) and the pretrained weights: VGG19 up to conv4_2
@@ -59,7 +59,7 @@ from .pack import LIMIT_MIB, ROOT, U8, U16, evenly, load_mesh, mib, pack, unpack
 from .schema import LATENCY_NETWORKS, REPORT_NAME, THROUGHPUT_VARIANTS, Cell, Report, cell, check_report, filled
 
 RESULT_TAG = "GPUCHECK_RESULT "
-BLOCKED = ("mediapipe", "av", "aiortc")  # absent on the GPU machine: `run` must not need them
+BLOCKED = ("mediapipe", "av", "aiortc", "numba")  # absent on the GPU machine: `run` must not need them
 ALL_ON = ()  # loss overrides for "every loss on": the preset's own weights
 P99_LIMIT_MS = 33.0
 STREAM_FPS = 30.0
