@@ -51,14 +51,7 @@ def compiled(function: Callable[..., Any]) -> Any:
 
 @dataclass(frozen=True)
 class CpuFragments:
-    """The visible fragment of every covered pixel (as `tracking.raster.Fragments`, in NumPy).
-
-    Attributes:
-        height, width: image size.
-        pixel: [P] int64 flat index (y * width + x) of each covered pixel, ascending.
-        triangle: [P] int64 triangle drawn there.
-        bary: [P, 3] float32 barycentric weights of that triangle's corners.
-    """
+    """`tracking.raster.Fragments` (the same fields, the same meaning) as NumPy arrays."""
 
     height: int
     width: int
