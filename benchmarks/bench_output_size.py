@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.avatar import load_avatar
-from models.engines.onnx_engine import export_onnx
+from models.engines.onnx_engine import OnnxEngine, export_onnx
 from models.networks.student import StudentNet, lookup_texels
 from streamer.core.figures import percentiles
 from streamer.tools.bench import Encoder
@@ -80,16 +80,6 @@ def renders(data: Path, count: int, size: int) -> list[tuple[np.ndarray, np.ndar
     return [(c.uv_u16()[None], c.shaded_u8()[None]) for c in (renderer(landmarks[i]) for i in picks)]
 
 
-def session(path: Path, threads: int) -> object:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("avatar", type=Path, nargs="?", default=Path("assets/demo/cap12.avatar"))
@@ -106,8 +96,8 @@ def main() -> None:
     torch.manual_seed(0)
     nets = {"256 + bicubic": copy.deepcopy(avatar.student).eval(), "512 out": Student512(avatar.student).eval()}
     with tempfile.TemporaryDirectory() as tmp:
-        sessions = {
-            name: session(export_onnx(net, size, Path(tmp) / f"{i}.onnx"), args.threads)
+        sessions = {  # the live onnx engine on each exported graph (its inputs are 256 px either way)
+            name: OnnxEngine(avatar, model=export_onnx(net, size, Path(tmp) / f"{i}.onnx"), threads=args.threads)
             for i, (name, net) in enumerate(nets.items())
         }
         frames = renders(args.data, args.frames, size)
@@ -117,7 +107,8 @@ def main() -> None:
             timed = n >= 10
             for name, s in sessions.items():
                 start = time.perf_counter()
-                image, mask = s.run(None, {"uv": uv, "shaded": shaded})  # type: ignore[attr-defined]
+                out = s(uv, shaded)
+                image, mask = out.image, out.mask
                 if name == "256 + bicubic":
                     middle = time.perf_counter()
                     big = cv2.resize(image[0], (size * 2, size * 2), interpolation=cv2.INTER_CUBIC)
